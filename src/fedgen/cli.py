@@ -1,0 +1,200 @@
+"""``fedgen`` command line: run | pretrain | generate | report | data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from fedgen.errors import FedgenError
+
+
+def _load(args) -> object:
+    from fedgen.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "backbone", None):
+        overrides.append(f"model.backbone={args.backbone}")
+    if getattr(args, "data_dir", None):
+        overrides.append(f"data.dir={args.data_dir}")
+    return load_config(args.config, overrides)
+
+
+def cmd_run(args) -> int:
+    from fedgen.report.text import result_table
+    from fedgen.run import run_experiment
+
+    if args.resume:
+        cfg = _load(args) if args.config else None
+        summary = run_experiment(
+            cfg, args.resume, resume=True, stop_after=args.stop_after, progress=not args.quiet
+        )
+    else:
+        summary = run_experiment(_load(args), args.out, stop_after=args.stop_after, progress=not args.quiet)
+    if "stopped_after_round" in summary:
+        print(
+            f"stopped after round {summary['stopped_after_round']}; continue with: "
+            f"fedgen run --resume {summary['run_dir']}"
+        )
+        return 0
+    print()
+    print(result_table(summary))
+    print(f"\nrun dir: {summary['run_dir']}  (report.md, summary.json, metrics.jsonl, adapters)")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from fedgen.pretrain import pretrain_backbone
+    from fedgen.run import backbone_path
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else backbone_path(cfg)
+    if (out / "config.json").is_file() and not args.force:
+        print(f"backbone already exists: {out} (use --force to retrain)")
+        return 0
+    pretrain_backbone(cfg, out, progress=not args.quiet)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from fedgen.config import load_config
+    from fedgen.models.gpt import freeze, load_backbone
+    from fedgen.models.lora import add_lora, load_adapter_state, read_adapter
+    from fedgen.run import backbone_path
+    from fedgen.tasks.text import TextTask
+
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file():
+        raise FedgenError(f"{run} is not a run directory (no config.yaml)")
+    cfg = load_config(run / "config.yaml")
+    model, vocab, _ = load_backbone(backbone_path(cfg))
+    freeze(model)
+    model = add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
+    adapter = run / "global_adapter" if args.client is None else run / "clients" / f"client_{args.client:03d}"
+    load_adapter_state(model, read_adapter(adapter))
+    task = TextTask(vocab, cfg.model.context)
+    for i in range(args.num):
+        text = task.sample(
+            model,
+            args.prompt,
+            max_new_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k or None,
+            seed=args.seed + i,
+        )
+        print(text)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from fedgen.report.text import result_table, write_report
+    from fedgen.run import RunDir
+
+    rd = RunDir(Path(args.run))
+    if not (rd.path / "summary.json").is_file():
+        raise FedgenError(f"{rd.path} has no summary.json (is the run finished? resume it with --resume)")
+    summary = json.loads((rd.path / "summary.json").read_text())
+    pers_file = rd.path / "personalization.json"
+    pers = json.loads(pers_file.read_text()) if pers_file.is_file() else None
+    print(write_report(rd.path, summary, rd.read_metrics(), pers))
+    print(result_table(summary))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from fedgen.data import ptb
+
+    if args.action == "fetch":
+        if args.dataset != "ptb":
+            raise FedgenError(f"unknown dataset {args.dataset!r} (available: ptb)")
+        paths = ptb.fetch_ptb(args.dir, base_url=args.url or ptb.PTB_URL, force=args.force)
+        print(f"PTB ready in {Path(next(iter(paths.values()))).parent}")
+    elif args.action == "verify":
+        paths = ptb.verify_ptb(args.dir)
+        print(f"PTB OK: {', '.join(str(p) for p in paths.values())}")
+    elif args.action == "partition":
+        from fedgen.run import load_partition
+
+        cfg = _load(args)
+        _, part = load_partition(cfg, ptb.load_ptb(cfg.data.dir))
+        s = part.stats["summary"]
+        print(json.dumps(s, indent=2))
+        for t, words in enumerate(part.topic_words):
+            print(f"topic {t:2d} ({s['topic_sizes'].get(str(t), 0):4d} docs): {' '.join(words)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedgen", description="Federated LoRA fine-tuning of generative models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, config_required=True):
+        sp.add_argument("--config", required=config_required, help="YAML config (see configs/)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. fl.rounds=10")
+        sp.add_argument("--backbone", help="HF checkpoint dir (overrides model.backbone)")
+        sp.add_argument("--data-dir", help="data root (default $FEDGEN_DATA or ./data)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("run", help="run a FedGen-Edge experiment")
+    common(r, config_required=False)
+    r.add_argument("--out", help="run directory (default runs/<name>-<time>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    r.add_argument("--stop-after", type=int, metavar="N", help="stop after round N (resumable)")
+    r.set_defaults(func=cmd_run)
+
+    pt = sub.add_parser("pretrain", help="pre-train the backbone offline on public text")
+    common(pt)
+    pt.add_argument("--out", help="checkpoint dir (default: the cache slot model.backbone=auto uses)")
+    pt.add_argument("--force", action="store_true")
+    pt.set_defaults(func=cmd_pretrain)
+
+    g = sub.add_parser("generate", help="sample text from a run's global or personalized adapter")
+    g.add_argument("--run", required=True)
+    g.add_argument("--client", type=int, help="use this client's personalized adapter")
+    g.add_argument("--prompt", default="the")
+    g.add_argument("--max-tokens", type=int, default=40)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--num", type=int, default=1, help="number of samples")
+    g.set_defaults(func=cmd_generate)
+
+    rp = sub.add_parser("report", help="rewrite and print a finished run's report")
+    rp.add_argument("--run", required=True)
+    rp.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("data", help="fetch / verify datasets, show partitions")
+    dsub = d.add_subparsers(dest="action", required=True)
+    f = dsub.add_parser("fetch", help="download the canonical files (checksummed)")
+    f.add_argument("dataset", choices=["ptb"])
+    f.add_argument("--dir", help="data root (default $FEDGEN_DATA or ./data)")
+    f.add_argument("--url", help="base URL to download from")
+    f.add_argument("--force", action="store_true")
+    v = dsub.add_parser("verify", help="check the local files' checksums")
+    v.add_argument("--dir")
+    pa = dsub.add_parser("partition", help="build (cached) and describe the client partition")
+    common(pa, config_required=False)
+    d.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FedgenError as e:
+        print(f"fedgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nfedgen: interrupted; a started run continues with `fedgen run --resume RUN_DIR`",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

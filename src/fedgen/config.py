@@ -1,0 +1,296 @@
+"""Experiment configuration: typed dataclasses, loaded from YAML and validated.
+
+Every user mistake (unknown key, wrong type, out-of-range value) raises one
+:class:`~fedgen.errors.ConfigError` whose message names the offending key, e.g.
+``config fl.rounds: expected an integer >= 1, got 'ten'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fedgen.errors import ConfigError
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+@dataclass
+class DataConfig:
+    """Where the data lives and how it is split across clients."""
+
+    dir: str | None = None  # None -> $FEDGEN_DATA or ./data
+    partition: Literal["lda", "iid"] = "lda"
+    num_clients: int = field(default=100, metadata=_range(1, 10_000))
+    alpha: float = field(default=0.1, metadata=_range(0.0, None, lo_open=True))
+    num_topics: int = field(default=10, metadata=_range(2, 200))
+    doc_sentences: int = field(default=20, metadata=_range(1, 10_000))
+    test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
+    # Use only the first N pseudo-documents of PTB train (None = all). For quick runs and tests.
+    max_docs: int | None = field(default=None, metadata=_range(1, None))
+    lda_max_iter: int = field(default=20, metadata=_range(1, 1000))
+
+
+@dataclass
+class ModelConfig:
+    """GPT-2-architecture backbone. ``backbone: auto`` = the one ``fedgen pretrain`` builds."""
+
+    backbone: str = "auto"  # "auto" | local HF checkpoint dir | HF hub id
+    n_layer: int = field(default=6, metadata=_range(1, 48))
+    n_embd: int = field(default=768, metadata=_range(8, 8192))
+    n_head: int = field(default=12, metadata=_range(1, 128))
+    context: int = field(default=128, metadata=_range(8, 4096))
+    dropout: float = field(default=0.1, metadata=_range(0.0, 0.9))
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the attention query and value projections."""
+
+    r: int = field(default=8, metadata=_range(1, 256))
+    alpha: float = field(default=16.0, metadata=_range(0.0, None, lo_open=True))
+    dropout: float = field(default=0.0, metadata=_range(0.0, 0.9))
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class PretrainConfig:
+    """Central pre-training of the backbone on public text that no client holds."""
+
+    sources: list[str] = field(
+        default_factory=lambda: ["gutenberg", "us-presidential-addresses", "wikitext-2-valid-test"]
+    )
+    steps: int = field(default=2000, metadata=_range(1, None))
+    batch_size: int = field(default=32, metadata=_range(1, 4096))
+    lr: float = field(default=1e-3, metadata=_range(0.0, 1.0, lo_open=True))
+    weight_decay: float = field(default=0.01, metadata=_range(0.0, 1.0))
+    warmup_steps: int = field(default=100, metadata=_range(0, None))
+
+
+@dataclass
+class FLConfig:
+    """Federation (Algorithm 1): rounds, client sampling and local training."""
+
+    rounds: int = field(default=500, metadata=_range(1, None))
+    fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
+    local_epochs: int = field(default=5, metadata=_range(1, 1000))
+    batch_size: int = field(default=32, metadata=_range(1, 4096))
+    lr: float = field(default=5e-4, metadata=_range(0.0, 1.0, lo_open=True))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    max_grad_norm: float | None = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
+
+
+@dataclass
+class EvalConfig:
+    """How often and on what the global adapter is evaluated."""
+
+    every: int = field(default=1, metadata=_range(1, None))  # rounds between PTB valid/test evals
+    local_every: int = field(default=5, metadata=_range(1, None))  # rounds between client-test evals
+    batch_size: int = field(default=64, metadata=_range(1, 4096))
+    # Evaluate PTB valid/test on at most this many tokens (None = all). Quick runs only.
+    max_tokens: int | None = field(default=None, metadata=_range(1, None))
+
+
+@dataclass
+class PersonalizeConfig:
+    """Per-client fine-tuning of the final global adapter."""
+
+    enabled: bool = True
+    epochs: int = field(default=1, metadata=_range(1, 1000))
+
+
+@dataclass
+class OutputConfig:
+    root: str = "runs"
+    keep_checkpoints: int = field(default=3, metadata=_range(1, None))
+
+
+@dataclass
+class Config:
+    """A complete FedGen-Edge text experiment."""
+
+    name: str = "experiment"
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    threads: int | None = field(default=None, metadata=_range(1, 1024))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self, *sections: str) -> str:
+        """Short stable hash of the given sections (all when none), for cache keys."""
+        d = self.to_dict()
+        d = {k: d[k] for k in sections} if sections else d
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"config {key}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad  # pragma: no cover - schema uses only the types above
+
+
+def _check_range(value: Any, meta: typing.Mapping, key: str) -> None:
+    if value is None or "lo" not in meta:
+        return
+    lo, hi, lo_open = meta["lo"], meta["hi"], meta["lo_open"]
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigError(f"config {key}: must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"config {key}: must be <= {hi}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        where = prefix.rstrip(".") or "file"
+        raise ConfigError(f"config {where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"config {prefix}{k}: unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        tp, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], key + ".")
+        else:
+            kwargs[name] = _coerce(raw[name], tp, key)
+            _check_range(kwargs[name], f.metadata, key)
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise ConfigError(
+            f"config model.n_embd: {cfg.model.n_embd} must be divisible by model.n_head={cfg.model.n_head}"
+        )
+    allowed = {"q_proj", "k_proj", "v_proj"}
+    if not cfg.lora.targets or set(cfg.lora.targets) - allowed:
+        raise ConfigError(f"config lora.targets: expected a non-empty subset of {sorted(allowed)}")
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a plain mapping (e.g. parsed YAML) into a :class:`Config`."""
+    cfg = _build(Config, raw if raw is not None else {}, "")
+    _cross_checks(cfg)
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw mapping."""
+    raw = json.loads(json.dumps(raw or {}))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config override {item!r}: expected KEY=VALUE, e.g. fl.rounds=10")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config override {key}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load and validate a YAML config file (``None`` = defaults), then apply overrides."""
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(
+                f"config file {p}{where}: not valid YAML ({getattr(e, 'problem', e)})"
+            ) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p}: expected a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

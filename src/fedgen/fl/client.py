@@ -1,0 +1,107 @@
+"""Client side: the one local training loop, and a client that turns an adapter into an update.
+
+Nothing here knows how messages travel: the in-process simulator calls
+:meth:`AdapterClient.fit` directly, and a Flower ClientApp can wrap the same call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fedgen.models.lora import State, adapter_state, load_adapter_state
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from (seed, round, client, ...): independent of call order, stable across runs."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class LocalTrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+
+
+@dataclass
+class ClientData:
+    """One client's local data: training examples and a held-out token stream."""
+
+    client_id: int
+    train: torch.Tensor  # task examples, e.g. [n, context + 1] token windows
+    test: torch.Tensor  # evaluation stream
+
+
+@dataclass
+class FitResult:
+    client_id: int
+    state: State
+    num_examples: int
+    metrics: dict = field(default_factory=dict)
+
+
+def local_train(
+    task,
+    model: nn.Module,
+    params: Sequence[nn.Parameter],
+    examples: torch.Tensor,
+    cfg: LocalTrainConfig,
+    seed: int,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Train ``params`` for ``cfg.epochs`` epochs with AdamW; every other parameter stays frozen.
+
+    ``extra_loss`` (e.g. a proximal term) is added to the task loss at each step.
+    Returns the mean loss of the last epoch and the number of optimiser steps.
+    """
+    torch.manual_seed(seed)  # dropout masks
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    steps, last_epoch_loss = 0, float("nan")
+    for _ in range(cfg.epochs):
+        total, count = 0.0, 0
+        for batch in task.batches(examples, cfg.batch_size, g):
+            loss = task.loss(model, batch)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            steps += 1
+            total += loss.item() * len(batch)
+            count += len(batch)
+        last_epoch_loss = total / max(count, 1)
+    return {"train_loss": last_epoch_loss, "steps": steps}
+
+
+class AdapterClient:
+    """A device: frozen backbone + LoRA adapter. Adapter in -> trained adapter + n_k + metrics out."""
+
+    def __init__(self, task, model: nn.Module, params: Sequence[nn.Parameter], train_cfg: LocalTrainConfig):
+        self.task, self.model, self.params, self.train_cfg = task, model, list(params), train_cfg
+
+    def fit(self, global_state: State, data: ClientData, seed: int, epochs: int | None = None) -> FitResult:
+        """Start from ``global_state``, train locally, return the new adapter state."""
+        load_adapter_state(self.model, global_state)
+        cfg = (
+            self.train_cfg
+            if epochs is None
+            else LocalTrainConfig(**{**vars(self.train_cfg), "epochs": epochs})
+        )
+        metrics = local_train(self.task, self.model, self.params, data.train, cfg, seed)
+        return FitResult(data.client_id, adapter_state(self.model), len(data.train), metrics)
+
+    def evaluate(self, state: State, ids: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+        load_adapter_state(self.model, state)
+        return self.task.evaluate(self.model, ids, batch_size)
