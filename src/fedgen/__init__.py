@@ -1,6 +1,12 @@
 """FedGen-Edge: federated LoRA fine-tuning of frozen generative backbones."""
 
+import os as _os
 import warnings as _warnings
+
+# OpenMP threads that spin-wait collapse (10-40x slower) when another process shares the
+# cores, as on small CI machines. Passive waiting costs little when the machine is idle.
+# Takes effect only if set before torch is first imported.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -104,16 +104,22 @@ def cmd_report(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from fedgen.data import ptb
+    from fedgen.data import corpus, ptb
 
     if args.action == "fetch":
-        if args.dataset != "ptb":
-            raise FedgenError(f"unknown dataset {args.dataset!r} (available: ptb)")
-        paths = ptb.fetch_ptb(args.dir, base_url=args.url or ptb.PTB_URL, force=args.force)
-        print(f"PTB ready in {Path(next(iter(paths.values()))).parent}")
+        if args.dataset == "ptb":
+            paths = ptb.fetch_ptb(args.dir, base_url=args.url or ptb.PTB_URL, force=args.force)
+            print(f"PTB ready in {Path(next(iter(paths.values()))).parent}")
+        else:
+            folder = corpus.fetch_pretrain(args.dir, base_url=args.url, force=args.force)
+            print(f"pre-training corpus ready in {folder}")
     elif args.action == "verify":
-        paths = ptb.verify_ptb(args.dir)
-        print(f"PTB OK: {', '.join(str(p) for p in paths.values())}")
+        if args.what in ("ptb", "all"):
+            paths = ptb.verify_ptb(args.dir)
+            print(f"PTB OK ({len(paths)} files in {ptb.data_root(args.dir) / 'ptb'})")
+        if args.what in ("pretrain", "all"):
+            files = corpus.pretrain_files(args.dir, verify=True)
+            print(f"pre-training corpus OK ({sum(len(v) for v in files.values())} files)")
     elif args.action == "partition":
         from fedgen.run import load_partition
 
@@ -168,12 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch / verify datasets, show partitions")
     dsub = d.add_subparsers(dest="action", required=True)
     f = dsub.add_parser("fetch", help="download the canonical files (checksummed)")
-    f.add_argument("dataset", choices=["ptb"])
+    f.add_argument("dataset", choices=["ptb", "pretrain"])
     f.add_argument("--dir", help="data root (default $FEDGEN_DATA or ./data)")
     f.add_argument("--url", help="base URL to download from")
     f.add_argument("--force", action="store_true")
     v = dsub.add_parser("verify", help="check the local files' checksums")
     v.add_argument("--dir")
+    v.add_argument("--what", choices=["ptb", "pretrain", "all"], default="ptb")
     pa = dsub.add_parser("partition", help="build (cached) and describe the client partition")
     common(pa, config_required=False)
     d.set_defaults(func=cmd_data)

@@ -76,6 +76,8 @@ class PretrainConfig:
     lr: float = field(default=1e-3, metadata=_range(0.0, 1.0, lo_open=True))
     weight_decay: float = field(default=0.01, metadata=_range(0.0, 1.0))
     warmup_steps: int = field(default=100, metadata=_range(0, None))
+    # Own seed, so experiments with different seeds share one backbone.
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
 
 
 @dataclass

@@ -42,11 +42,11 @@ def pretrain_backbone(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     task = TextTask(ptb.vocab, m.context)
     examples = task.examples(task.stream(sentences))
     model = build_gpt(
-        gpt2_config(len(ptb.vocab), m.n_layer, m.n_embd, m.n_head, m.context, m.dropout), cfg.seed
+        gpt2_config(len(ptb.vocab), m.n_layer, m.n_embd, m.n_head, m.context, m.dropout), p.seed
     )
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
-    seed = derive_seed(cfg.seed, "pretrain")
+    seed = derive_seed(p.seed, "pretrain")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model.train()
@@ -75,7 +75,7 @@ def pretrain_backbone(cfg: Config, out: str | Path, progress: bool = True) -> Pa
             "lr": p.lr,
             "windows_available": len(examples),
             "tokens_seen": p.steps * p.batch_size * m.context,
-            "seed": cfg.seed,
+            "seed": p.seed,
         },
         "ptb_valid_ppl": valid["ppl"],
         "ptb_valid_tokens": valid["tokens"],

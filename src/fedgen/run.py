@@ -75,7 +75,7 @@ def backbone_path(cfg: Config) -> Path:
     if cfg.model.backbone != "auto":
         return Path(cfg.model.backbone)
     m = cfg.model
-    key = Config(seed=cfg.seed, model=cfg.model, pretrain=cfg.pretrain).digest("seed", "model", "pretrain")
+    key = Config(model=cfg.model, pretrain=cfg.pretrain).digest("model", "pretrain")
     return Path(cfg.output.root) / "backbones" / f"gpt-{m.n_layer}x{m.n_embd}x{m.n_head}-ctx{m.context}-{key}"
 
 
@@ -166,6 +166,13 @@ class Experiment:
         backbone_params = count_params(base)
         task = TextTask(vocab, cfg.model.context)
         docs, part = load_partition(cfg, ptb)
+        if progress:
+            s = part.stats["summary"]
+            print(
+                f"partition: {part.scheme} K={cfg.data.num_clients} alpha={cfg.data.alpha} over {len(docs)} docs; "
+                f"dominant-topic share {s['dominant_topic_share_mean']:.2f}; train tokens/client "
+                f"{s['tokens_train_min']}-{s['tokens_train_max']} (median {s['tokens_train_median']:.0f})"
+            )
         model = add_lora(base, cfg.lora.r, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
         params = lora_parameters(model)
         assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)

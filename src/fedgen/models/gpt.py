@@ -166,8 +166,7 @@ def load_backbone(path_or_id: str | Path) -> tuple[GPT2LMHeadModel, Vocab, dict[
     vocab = Vocab.load(vocab_path)
     if len(vocab) != model.config.vocab_size:
         raise FedgenError(
-            f"backbone {p}: {VOCAB_FILE} has {len(vocab)} tokens, "
-            f"the model expects {model.config.vocab_size}"
+            f"backbone {p}: {VOCAB_FILE} has {len(vocab)} tokens, the model expects {model.config.vocab_size}"
         )
     meta = json.loads((p / BACKBONE_META).read_text()) if (p / BACKBONE_META).is_file() else {}
     meta.setdefault("source", "huggingface-checkpoint")

@@ -1,0 +1,237 @@
+"""End-to-end FedGen-Edge on a real PTB subset: learning, resume, determinism, accounting, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+
+from fedgen.cli import main
+from fedgen.config import config_from_dict
+from fedgen.errors import CheckpointError, UpdateError
+from fedgen.fl.client import FitResult
+from fedgen.fl.comm import serialize
+from fedgen.fl.server import federate, sample_clients
+from fedgen.models.gpt import load_backbone
+from fedgen.models.lora import read_adapter
+from fedgen.run import SUMMARY_FIELDS, Experiment, backbone_path, run_experiment
+
+pytestmark = pytest.mark.realdata
+
+
+def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "threads": 2,
+        "data": {
+            "dir": str(data_root),
+            "num_clients": 8,
+            "max_docs": 120,
+            "num_topics": 4,
+            "lda_max_iter": 5,
+        },
+        "model": {"n_layer": 1, "n_embd": 64, "n_head": 2, "context": 32},
+        "lora": {"r": 4, "alpha": 8},
+        "pretrain": {
+            "steps": 120,
+            "batch_size": 32,
+            "lr": 0.003,
+            "warmup_steps": 10,
+            "sources": ["us-presidential-addresses"],
+        },
+        "fl": {"rounds": 2, "fraction": 0.5, "local_epochs": 1, "batch_size": 16, "lr": 0.01, **fl},
+        "eval": {"max_tokens": 6000, "local_every": 1},
+        "output": {"root": str(root), "keep_checkpoints": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, data_root) -> Path:
+    return tmp_path_factory.mktemp("fed")
+
+
+@pytest.fixture(scope="module")
+def finished(workdir, data_root) -> tuple[Path, dict]:
+    """One uninterrupted 3-round run, shared by several tests."""
+    cfg = config_from_dict(tiny_raw(workdir, data_root, rounds=3))
+    summary = run_experiment(cfg, workdir / "full", progress=False)
+    return workdir / "full", summary
+
+
+def test_a_short_federation_on_real_ptb_lowers_perplexity(finished):
+    _, s = finished
+    print({k: s[k] for k in ("test_ppl_initial", "test_ppl_final", "local_test_ppl_global_mean")})
+    assert s["valid_ppl_final"] < s["valid_ppl_initial"]
+    assert s["test_ppl_final"] < s["test_ppl_initial"]
+    assert s["local_test_ppl_global_mean"] < s["local_test_ppl_initial_mean"]
+
+
+def test_summary_follows_the_documented_schema_and_run_dir_layout(finished):
+    run, s = finished
+    assert set(SUMMARY_FIELDS) <= set(s)
+    assert s["algorithm"] == "fedgen" and s["rounds"] == 3
+    assert "offline substitute" in s["backbone"]["source"]
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "partition.json",
+        "report.md",
+        "personalization.json",
+        "convergence.png",
+        "global_adapter/adapter_model.safetensors",
+    ):
+        assert (run / name).is_file(), name
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert len(list((run / "clients").iterdir())) == 8
+    # only the last keep_checkpoints rounds are kept
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["round_0002", "round_0003"]
+
+
+def test_upload_accounting_counts_the_serialized_bytes_of_every_update(finished):
+    run, s = finished
+    state = read_adapter(run / "global_adapter")
+    per_update = len(serialize(state))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
+    for r in rows:
+        assert r["upload_bytes"] == per_update * len(r["clients"])
+        assert r["download_bytes"] == per_update * len(r["clients"])
+        assert r["upload_bytes_formula"] == s["adapter_params"] * 4 * len(r["clients"])
+    assert s["upload_bytes_total"] == sum(r["upload_bytes"] for r in rows)
+    assert s["bytes_per_upload"] == per_update
+    # safetensors adds only a small header to the raw fp32 payload
+    assert 0 < per_update - s["adapter_params"] * 4 < 2048
+
+
+def test_clients_per_round_follow_fraction_and_sampling_is_seeded(finished):
+    run, _ = finished
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
+    for r in rows:
+        assert r["clients"] == sample_clients(8, 0.5, 0, r["round"])
+    assert sample_clients(100, 0.1, 0, 1) == sample_clients(100, 0.1, 0, 1)
+    assert len(sample_clients(100, 0.1, 0, 1)) == 10
+    assert sample_clients(100, 0.1, 0, 1) != sample_clients(100, 0.1, 0, 2)
+
+
+def test_resume_after_a_kill_gives_bit_identical_adapters(finished, workdir, data_root):
+    full, _ = finished
+    cfg = config_from_dict(tiny_raw(workdir, data_root, rounds=3))
+    out = run_experiment(cfg, workdir / "killed", stop_after=1, progress=False)
+    assert out["stopped_after_round"] == 1
+    assert not (workdir / "killed" / "summary.json").exists()
+    resumed = run_experiment(None, workdir / "killed", resume=True, progress=False)
+    assert resumed["rounds"] == 3
+    a, b = read_adapter(full / "global_adapter"), read_adapter(workdir / "killed" / "global_adapter")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for client in ("client_000", "client_007"):
+        pa, pb = (
+            read_adapter(full / "clients" / client),
+            read_adapter(workdir / "killed" / "clients" / client),
+        )
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+    def strip(run):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows]
+
+    assert strip(full) == strip(workdir / "killed")
+
+
+def test_a_different_seed_gives_different_adapters(finished, workdir, data_root):
+    full, _ = finished
+    raw = tiny_raw(workdir, data_root, rounds=1)
+    raw["seed"] = 1
+    raw["personalize"] = {"enabled": False}
+    run_experiment(config_from_dict(raw), workdir / "seed1", progress=False)
+    a, b = (
+        read_adapter(full / "checkpoints" / "round_0003"),
+        read_adapter(workdir / "seed1" / "global_adapter"),
+    )
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_saved_adapters_load_with_peft_onto_the_backbone(finished):
+    run, _ = finished
+    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    base, vocab, _ = load_backbone(backbone_path(cfg))
+    x = torch.from_numpy(vocab.encode("the company said".split())).unsqueeze(0)
+    with torch.no_grad():
+        before = base(input_ids=x).logits
+    model = PeftModel.from_pretrained(base, str(run / "clients" / "client_003"))
+    with torch.no_grad():
+        after = model(input_ids=x).logits
+    assert not torch.equal(before, after)  # the trained adapter changes the output
+    sd = read_adapter(run / "clients" / "client_003")
+    assert all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in sd)
+    assert {k.split(".")[-3] for k in sd} == {"q_proj", "v_proj"}
+
+
+def test_local_training_leaves_the_backbone_untouched(workdir, data_root):
+    exp = Experiment.build(config_from_dict(tiny_raw(workdir, data_root)), progress=False)
+    frozen = {n: p.detach().clone() for n, p in exp.model.named_parameters() if "lora_" not in n}
+    res = exp.client.fit(exp.initial_state(), exp.data[0], seed=0)
+    assert res.num_examples == len(exp.data[0].train) > 0
+    for n, p in exp.model.named_parameters():
+        if "lora_" in n:
+            continue
+        assert p.grad is None and not p.requires_grad, n
+        assert torch.equal(p, frozen[n]), n
+
+
+class _BadRuntime:
+    def __init__(self, corrupt):
+        self.corrupt = corrupt
+
+    def fit(self, state, client_ids, rnd):
+        out = []
+        for k in client_ids:
+            s = {name: t.clone() for name, t in state.items()}
+            self.corrupt(s)
+            out.append(FitResult(k, s, 10, {"train_loss": 1.0}))
+        return out
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda s: next(iter(s.values())).fill_(float("nan")), "NaN"),
+        (lambda s: s.update({next(iter(s)): torch.zeros(3)}), "shape"),
+        (lambda s: s.pop(next(iter(s))), "missing"),
+    ],
+)
+def test_the_server_rejects_corrupt_updates_before_aggregating(corrupt, message):
+    state = {"a.lora_A.weight": torch.zeros(2, 4), "a.lora_B.weight": torch.zeros(4, 2)}
+    with pytest.raises(UpdateError, match=message):
+        federate(_BadRuntime(corrupt), state, num_clients=4, rounds=1, fraction=0.5, seed=0)
+
+
+def test_cli_reports_missing_data_with_what_to_do(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"output": {"root": str(tmp_path)}}))
+    rc = main(["run", "--config", str(cfg), "--data-dir", str(tmp_path / "nowhere"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "fedgen data fetch ptb" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_refuses_to_overwrite_a_run_and_resume_needs_a_run_dir(finished, tmp_path, capsys):
+    run, _ = finished
+    assert main(["run", "--config", str(run / "config.yaml"), "--out", str(run), "--quiet"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):
+        run_experiment(None, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_cli_generates_text_from_global_and_personalized_adapters(finished, capsys):
+    run, _ = finished
+    assert main(["generate", "--run", str(run), "--prompt", "the market", "--max-tokens", "8"]) == 0
+    assert main(["generate", "--run", str(run), "--client", "2", "--prompt", "the market", "--num", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("the market") for line in lines)
