@@ -169,7 +169,8 @@ class Experiment:
         if progress:
             s = part.stats["summary"]
             print(
-                f"partition: {part.scheme} K={cfg.data.num_clients} alpha={cfg.data.alpha} over {len(docs)} docs; "
+                f"partition: {part.scheme} K={cfg.data.num_clients} alpha={cfg.data.alpha} "
+                f"over {len(docs)} docs; "
                 f"dominant-topic share {s['dominant_topic_share_mean']:.2f}; train tokens/client "
                 f"{s['tokens_train_min']}-{s['tokens_train_max']} (median {s['tokens_train_median']:.0f})"
             )
