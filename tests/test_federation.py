@@ -84,7 +84,7 @@ def test_summary_follows_the_documented_schema_and_run_dir_layout(finished):
         "report.md",
         "personalization.json",
         "convergence.png",
-        "global_adapter/adapter_model.safetensors",
+        "global/adapter_model.safetensors",
     ):
         assert (run / name).is_file(), name
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -96,7 +96,7 @@ def test_summary_follows_the_documented_schema_and_run_dir_layout(finished):
 
 def test_upload_accounting_counts_the_serialized_bytes_of_every_update(finished):
     run, s = finished
-    state = read_adapter(run / "global_adapter")
+    state = read_adapter(run / "global")
     per_update = len(serialize(state))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
     for r in rows:
@@ -127,7 +127,7 @@ def test_resume_after_a_kill_gives_bit_identical_adapters(finished, workdir, dat
     assert not (workdir / "killed" / "summary.json").exists()
     resumed = run_experiment(None, workdir / "killed", resume=True, progress=False)
     assert resumed["rounds"] == 3
-    a, b = read_adapter(full / "global_adapter"), read_adapter(workdir / "killed" / "global_adapter")
+    a, b = read_adapter(full / "global"), read_adapter(workdir / "killed" / "global")
     assert all(torch.equal(a[k], b[k]) for k in a)
     for client in ("client_000", "client_007"):
         pa, pb = (
@@ -151,7 +151,7 @@ def test_a_different_seed_gives_different_adapters(finished, workdir, data_root)
     run_experiment(config_from_dict(raw), workdir / "seed1", progress=False)
     a, b = (
         read_adapter(full / "checkpoints" / "round_0003"),
-        read_adapter(workdir / "seed1" / "global_adapter"),
+        read_adapter(workdir / "seed1" / "global"),
     )
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
@@ -174,10 +174,10 @@ def test_saved_adapters_load_with_peft_onto_the_backbone(finished):
 
 def test_local_training_leaves_the_backbone_untouched(workdir, data_root):
     exp = Experiment.build(config_from_dict(tiny_raw(workdir, data_root)), progress=False)
-    frozen = {n: p.detach().clone() for n, p in exp.model.named_parameters() if "lora_" not in n}
-    res = exp.client.fit(exp.initial_state(), exp.data[0], seed=0)
+    frozen = {n: p.detach().clone() for n, p in exp.params.model.named_parameters() if "lora_" not in n}
+    res = exp.client.fit(exp.init, exp.data[0], seed=0)
     assert res.num_examples == len(exp.data[0].train) > 0
-    for n, p in exp.model.named_parameters():
+    for n, p in exp.params.model.named_parameters():
         if "lora_" in n:
             continue
         assert p.grad is None and not p.requires_grad, n

@@ -60,24 +60,27 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     from fedgen.config import load_config
-    from fedgen.models.gpt import freeze, load_backbone
-    from fedgen.models.lora import add_lora, load_adapter_state, read_adapter
-    from fedgen.run import backbone_path
-    from fedgen.tasks.text import TextTask
+    from fedgen.run import Experiment
+    from fedgen.rundir import read_state
 
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
         raise FedgenError(f"{run} is not a run directory (no config.yaml)")
     cfg = load_config(run / "config.yaml")
-    model, vocab, _ = load_backbone(backbone_path(cfg))
-    freeze(model)
-    model = add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
-    adapter = run / "global_adapter" if args.client is None else run / "clients" / f"client_{args.client:03d}"
-    load_adapter_state(model, read_adapter(adapter))
-    task = TextTask(vocab, cfg.model.context)
+    which = run / "global" if args.client is None else run / "clients" / f"client_{args.client:03d}"
+    if not which.is_dir():
+        raise FedgenError(
+            f"{which} does not exist (this algorithm keeps no such model, or the run is unfinished)"
+        )
+    exp = Experiment.build(cfg, progress=False)
+    state = dict(exp.init)
+    for part in (run / "global", which):  # FedPer: shared layers + the client's personal ones
+        if part.is_dir():
+            state.update(read_state(part))
+    exp.params.load(state)
     for i in range(args.num):
-        text = task.sample(
-            model,
+        text = exp.task.sample(
+            exp.params.model,
             args.prompt,
             max_new_tokens=args.max_tokens,
             temperature=args.temperature,

@@ -93,6 +93,22 @@ class FLConfig:
     max_grad_norm: float | None = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
 
 
+AlgorithmName = Literal["fedgen", "fedavg-full", "fedper", "ditto", "local", "central-full", "central-lora"]
+
+
+@dataclass
+class AlgorithmConfig:
+    """Which algorithm runs (FedGen-Edge or a baseline) and the baselines' own knobs."""
+
+    name: AlgorithmName = "fedgen"
+    # Ditto's lambda (Li et al. 2021 tune it over {0.05, ..., 2}; 1.0 sits in that range, untuned).
+    ditto_lambda: float = field(default=1.0, metadata=_range(0.0, None))
+    # FedPer: the last N transformer blocks (+ final LayerNorm) are personal.
+    fedper_personal_blocks: int = field(default=1, metadata=_range(1, 48))
+    # Learning rate of the algorithms that train the full model (null = fl.lr).
+    lr_full: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))
+
+
 @dataclass
 class EvalConfig:
     """How often and on what the global adapter is evaluated."""
@@ -130,6 +146,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     fl: FLConfig = field(default_factory=FLConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -244,6 +261,11 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.model.n_embd % cfg.model.n_head:
         raise ConfigError(
             f"config model.n_embd: {cfg.model.n_embd} must be divisible by model.n_head={cfg.model.n_head}"
+        )
+    if cfg.algorithm.fedper_personal_blocks >= cfg.model.n_layer and cfg.algorithm.name == "fedper":
+        raise ConfigError(
+            f"config algorithm.fedper_personal_blocks: must be < model.n_layer={cfg.model.n_layer} "
+            "(something must stay shared)"
         )
     allowed = {"q_proj", "k_proj", "v_proj"}
     if not cfg.lora.targets or set(cfg.lora.targets) - allowed:

@@ -1,5 +1,5 @@
-"""A FedGen-Edge text experiment, end to end: data -> partition -> backbone -> federation ->
-personalization -> run directory (config, metrics.jsonl, summary.json, adapters, report).
+"""An experiment end to end: data -> partition -> backbone -> FedGen-Edge or a baseline ->
+personalization -> run directory (config, metrics.jsonl, summary.json, states, report).
 
 Run directory layout::
 
@@ -7,18 +7,16 @@ Run directory layout::
     partition.json           client partition + statistics (top words per topic, ...)
     metrics.jsonl            one JSON line per round (round 0 = backbone + zero adapter)
     state.json               last completed round + cumulative counters (for --resume)
-    checkpoints/round_NNNN/  global adapter after round N (PEFT format; last ``keep_checkpoints``)
-    global_adapter/          final global adapter (PEFT format)
-    clients/client_NNN/      personalized adapters (PEFT format)
+    checkpoints/round_NNNN/  global state after round N (+ kept/ client states); last few rounds
+    global/                  final global state (PEFT adapter for LoRA algorithms)
+    clients/client_NNN/      each client's personalized state, where the algorithm has one
     personalization.json     per-client local-test PPL: global vs personalized
     summary.json             headline figures (schema: SUMMARY_FIELDS)
-    report.md                human-readable result table
+    report.md                human-readable result table + convergence.png
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -32,36 +30,50 @@ from fedgen.config import Config, load_config, save_config
 from fedgen.data.partition import Partition, build_partition, make_documents
 from fedgen.data.ptb import PTB, load_ptb
 from fedgen.errors import CheckpointError, FedgenError
-from fedgen.fl.client import AdapterClient, ClientData, LocalTrainConfig, derive_seed
-from fedgen.fl.comm import formula_bytes, num_params, serialize
+from fedgen.fl.algorithms import (
+    ALGORITHMS,
+    AlgorithmSpec,
+    DittoClient,
+    FedAvgClient,
+    FedPerClient,
+    fedper_personal_keys,
+)
+from fedgen.fl.client import Client, ClientData, LocalTrainConfig, derive_seed
+from fedgen.fl.comm import formula_bytes, num_params
 from fedgen.fl.server import RoundRecord, federate
 from fedgen.models.gpt import count_params, freeze, load_backbone
-from fedgen.models.lora import State, adapter_state, add_lora, lora_parameters, read_adapter, save_adapter
+from fedgen.models.lora import add_lora
+from fedgen.models.params import ParamSet, State
+from fedgen.rundir import RunDir, write_state
 from fedgen.runtime.simulate import InProcessRuntime
 from fedgen.tasks.text import TextTask
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 SUMMARY_FIELDS = {
     "summary_version": "schema version of this file",
-    "algorithm": "federated algorithm ('fedgen' = FedGen-Edge)",
+    "algorithm": "fedgen | fedavg-full | fedper | ditto | local | central-full | central-lora",
     "name": "experiment name from the config",
     "seed": "experiment seed",
     "backbone": "{source, path, params, architecture, ptb_valid_ppl_pretrain}",
-    "adapter_params": "trainable LoRA parameters (= parameters uploaded per client per round)",
+    "adapter_params": "trainable LoRA parameters (null when the algorithm trains the full model)",
+    "trained_params": "parameters trained by each client",
+    "upload_params": "parameters each sampled client uploads per round (0 without communication)",
     "num_clients": "K",
-    "clients_per_round": "round(C*K)",
-    "rounds": "completed federated rounds",
+    "clients_per_round": "round(C*K) (0 without communication)",
+    "rounds": "completed federated rounds (0 for local / central training)",
+    "local_epochs_equivalent": "epochs over a client's data (local) or the pooled data (central)",
     "upload_bytes_total": "sum over rounds and clients of serialized (safetensors) update bytes",
-    "download_bytes_total": "sum over rounds of serialized global adapter bytes x clients sampled",
-    "upload_bytes_formula_total": "formula 3.5: rounds x clients x adapter_params x 4 bytes",
-    "bytes_per_upload": "serialized bytes of one client update",
+    "upload_note": "why upload is 0, where it is",
+    "download_bytes_total": "sum over rounds of serialized global state bytes x clients sampled",
+    "upload_bytes_formula_total": "formula 3.5/3.6: uploads x upload_params x 4 bytes",
+    "bytes_per_upload": "serialized bytes of one client update (null without communication)",
     "valid_ppl_initial": "PTB valid PPL, backbone + zero adapter (round 0)",
     "test_ppl_initial": "PTB test PPL, backbone + zero adapter (round 0)",
-    "valid_ppl_final": "PTB valid PPL of the final global adapter",
-    "test_ppl_final": "PTB test PPL of the final global adapter",
+    "valid_ppl_final": "PTB valid PPL of the final global model (null: no global model)",
+    "test_ppl_final": "PTB test PPL of the final global model (null: no global model)",
     "local_test_ppl_initial_mean": "mean over clients of local-test PPL, backbone + zero adapter",
-    "local_test_ppl_global_mean": "mean over clients of local-test PPL, final global adapter",
-    "local_test_ppl_personalized_mean": "mean over clients of local-test PPL, personalized adapters",
+    "local_test_ppl_global_mean": "mean over clients of local-test PPL, final global model",
+    "local_test_ppl_personalized_mean": "mean over clients of local-test PPL, personalized models",
     "local_test_ppl_personalized_median": "median of the same",
     "wall_seconds": "wall time of the run (resumed parts added up)",
 }
@@ -138,23 +150,31 @@ def client_datasets(task: TextTask, docs: list, part: Partition) -> dict[int, Cl
 
 @dataclass
 class Experiment:
-    """Everything a run needs, built once from a config."""
+    """Everything a run needs, built once from a config: data, backbone, the trained parameters."""
 
     cfg: Config
+    spec: AlgorithmSpec
     task: TextTask
-    model: Any  # PeftModel
-    client: AdapterClient
+    params: ParamSet
+    client: Client
     data: dict[int, ClientData]
     partition: Partition
     valid_ids: torch.Tensor
     test_ids: torch.Tensor
     backbone_meta: dict
     backbone_params: int
+    init: State  # round-0 state: backbone + zero adapter (LoRA) or the backbone itself (full)
+
+    @property
+    def peft_model(self):
+        """The PEFT model, to save LoRA states as PEFT adapters (None for full-model training)."""
+        return self.params.model if self.spec.trains == "lora" else None
 
     @classmethod
     def build(cls, cfg: Config, progress: bool = True) -> Experiment:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        spec = ALGORITHMS[cfg.algorithm.name]
         ptb = load_ptb(cfg.data.dir)
         bb_path = ensure_backbone(cfg, progress)
         base, vocab, meta = load_backbone(bb_path)
@@ -170,52 +190,70 @@ class Experiment:
             s = part.stats["summary"]
             print(
                 f"partition: {part.scheme} K={cfg.data.num_clients} alpha={cfg.data.alpha} "
-                f"over {len(docs)} docs; "
-                f"dominant-topic share {s['dominant_topic_share_mean']:.2f}; train tokens/client "
-                f"{s['tokens_train_min']}-{s['tokens_train_max']} (median {s['tokens_train_median']:.0f})"
+                f"over {len(docs)} docs; dominant-topic share {s['dominant_topic_share_mean']:.2f}; "
+                f"train tokens/client {s['tokens_train_min']}-{s['tokens_train_max']} "
+                f"(median {s['tokens_train_median']:.0f})"
             )
-        model = add_lora(base, cfg.lora.r, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
-        params = lora_parameters(model)
-        assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+        if spec.trains == "lora":
+            model = add_lora(base, cfg.lora.r, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
+            torch.manual_seed(derive_seed(cfg.seed, "adapter-init"))  # A random, B = 0, per seed
+            for mod in model.modules():
+                if hasattr(mod, "reset_lora_parameters"):
+                    mod.reset_lora_parameters("default", True)
+        else:
+            model = base
+        params = ParamSet(model, spec.trains)
         f = cfg.fl
-        train_cfg = LocalTrainConfig(f.local_epochs, f.batch_size, f.lr, f.weight_decay, f.max_grad_norm)
+        lr = cfg.algorithm.lr_full if spec.trains == "full" and cfg.algorithm.lr_full else f.lr
+        train_cfg = LocalTrainConfig(f.local_epochs, f.batch_size, lr, f.weight_decay, f.max_grad_norm)
         return cls(
             cfg=cfg,
+            spec=spec,
             task=task,
-            model=model,
-            client=AdapterClient(task, model, params, train_cfg),
+            params=params,
+            client=Client(task, params, train_cfg),
             data=client_datasets(task, docs, part),
             partition=part,
             valid_ids=task.stream(ptb.valid),
             test_ids=task.stream(ptb.test),
             backbone_meta=meta,
             backbone_params=backbone_params,
+            init=params.state(),
         )
 
-    def initial_state(self) -> State:
-        """The server's initial global adapter: PEFT init (A random, B = 0) for the run's seed."""
-        torch.manual_seed(derive_seed(self.cfg.seed, "adapter-init"))
-        for mod in self.model.modules():
-            if hasattr(mod, "reset_lora_parameters"):
-                mod.reset_lora_parameters("default", True)
-        return adapter_state(self.model)
-
     def evaluate_global(self, state: State) -> dict[str, float]:
+        """PTB valid and test PPL of one model."""
         e = self.cfg.eval
-        out = {}
-        for split, ids in (("valid", self.valid_ids), ("test", self.test_ids)):
-            out[f"{split}_ppl"] = self.client.evaluate(
-                state, ids[: (e.max_tokens or len(ids)) + 1], e.batch_size
-            )["ppl"]
-        return out
-
-    def evaluate_local(self, state: State) -> dict[int, float]:
-        """Local-test PPL of one adapter on every client that has a test split."""
         return {
-            k: self.client.evaluate(state, d.test, self.cfg.eval.batch_size)["ppl"]
+            f"{split}_ppl": self.client.evaluate(state, ids[: (e.max_tokens or len(ids)) + 1], e.batch_size)[
+                "ppl"
+            ]
+            for split, ids in (("valid", self.valid_ids), ("test", self.test_ids))
+        }
+
+    def evaluate_local(self, state_of) -> dict[int, float]:
+        """Local-test PPL on every client with a test split; ``state_of(k)`` gives client k's model."""
+        return {
+            k: self.client.evaluate(state_of(k), d.test, self.cfg.eval.batch_size)["ppl"]
             for k, d in self.data.items()
             if len(d.test) > 1
         }
+
+    def clients_per_round(self) -> int:
+        return max(1, int(round(self.cfg.fl.fraction * self.cfg.data.num_clients)))
+
+    def budget_epochs(self) -> int:
+        """Epochs that give local/central training the federated run's expected sample passes.
+
+        In the federated runs each client takes part in rounds x m/K rounds on average
+        (m = clients per round) and trains E epochs each time, so every training example is
+        seen rounds x (m/K) x E times in expectation. Local-only (own data) and centralized
+        (pooled data) training get that many epochs (rounded, at least 1).
+        """
+        c = self.cfg
+        return max(
+            1, int(round(c.fl.rounds * self.clients_per_round() / c.data.num_clients * c.fl.local_epochs))
+        )
 
 
 def _dist(values: list[float]) -> dict[str, float]:
@@ -224,60 +262,26 @@ def _dist(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(v), "median": statistics.median(v), "p10": q[0], "p90": q[-1]}
 
 
-# ------------------------------------------------------------------------------ run dir
+def client_logic(exp: Experiment):
+    """The client-side behaviour of a federated algorithm (what is uploaded, what is kept)."""
+    name = exp.spec.name
+    if name == "fedper":
+        personal = fedper_personal_keys(
+            exp.params.keys(), exp.cfg.model.n_layer, exp.cfg.algorithm.fedper_personal_blocks
+        )
+        return FedPerClient(exp.client, personal, {k: exp.init[k] for k in personal})
+    if name == "ditto":
+        return DittoClient(exp.client, exp.cfg.algorithm.ditto_lambda)
+    return FedAvgClient(exp.client)
 
 
-class RunDir:
-    """Atomic writes and resume bookkeeping for one run directory."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.metrics = path / "metrics.jsonl"
-        self.state_file = path / "state.json"
-
-    def write_json(self, name: str, obj: Any) -> None:
-        tmp = self.path / (name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2))
-        tmp.replace(self.path / name)
-
-    def append_metrics(self, row: dict) -> None:
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
-
-    def checkpoint(self, model, state: State, rnd: int, counters: dict, keep: int) -> None:
-        ckdir = self.path / "checkpoints"
-        tmp = ckdir / f"round_{rnd:04d}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save_adapter(model, state, tmp)
-        final = ckdir / f"round_{rnd:04d}"
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        self.write_json("state.json", {"round": rnd, **counters})
-        for old in sorted(ckdir.glob("round_[0-9][0-9][0-9][0-9]"))[:-keep]:
-            shutil.rmtree(old)
-
-    def load_resume(self) -> tuple[int, State | None, dict]:
-        """(last completed round, its global adapter, counters); (0, None, {}) for a fresh run."""
-        if not self.state_file.is_file():
-            return 0, None, {}
-        try:
-            st = json.loads(self.state_file.read_text())
-            rnd = int(st.pop("round"))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"{self.state_file} is corrupt ({e}); delete the run dir to start over"
-            ) from None
-        state = read_adapter(self.path / "checkpoints" / f"round_{rnd:04d}")
-        rows = [r for r in self.read_metrics() if r["round"] <= rnd]
-        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return rnd, state, st
+def personal_state_fn(exp: Experiment, logic, global_state: State):
+    """Client k's personalized model during federation, or None when the algorithm keeps none."""
+    if isinstance(logic, FedPerClient):
+        return lambda k: logic.personal_state(global_state, k)
+    if isinstance(logic, DittoClient):
+        return lambda k: logic.kept.get(k, global_state)
+    return None
 
 
 # ------------------------------------------------------------------------------ main entry
@@ -285,7 +289,7 @@ class RunDir:
 
 def new_run_dir(cfg: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.output.root) / f"{cfg.name}-{stamp}"
+    base = Path(cfg.output.root) / f"{cfg.name}-{cfg.algorithm.name}-{stamp}"
     path, i = base, 1
     while path.exists():
         path, i = base.with_name(f"{base.name}-{i}"), i + 1
@@ -300,11 +304,11 @@ def run_experiment(
     stop_after: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run (or resume) a FedGen-Edge text experiment. Returns summary.json's content.
+    """Run (or resume) one experiment (``cfg.algorithm.name``). Returns summary.json's content.
 
-    ``stop_after=N`` stops after round N as if the process had been killed (the run
-    can be resumed); ``resume=True`` continues ``run_dir`` from its last checkpoint
-    using the config saved there.
+    ``stop_after=N`` stops after round N as if the process had been killed (the run can be
+    resumed); ``resume=True`` continues ``run_dir`` from its last checkpoint using the config
+    saved there. Local and centralized training have no rounds: they restart when resumed.
     """
     t0 = time.time()
     if resume:
@@ -318,26 +322,56 @@ def run_experiment(
     rd = RunDir(Path(run_dir) if run_dir else new_run_dir(cfg))
     rd.path.mkdir(parents=True, exist_ok=True)
     if not resume:
-        if rd.state_file.exists():
+        if rd.state_file.exists() or (rd.path / "summary.json").exists():
             raise CheckpointError(f"{rd.path} already holds a run: pass --resume to continue it")
         save_config(cfg, rd.path / "config.yaml")
         rd.metrics.unlink(missing_ok=True)
 
     exp = Experiment.build(cfg, progress)
     exp.partition.save(rd.path / "partition.json")
-    f = cfg.fl
-    done, state, counters = rd.load_resume()
-    counters = {"upload_bytes_total": 0, "download_bytes_total": 0, "wall_seconds": 0.0, **counters}
+    done, state, kept, counters = rd.load_resume()
+    prior_wall = float(counters.get("wall_seconds", 0.0))
     if state is None:
-        state = exp.initial_state()
-        local0 = exp.evaluate_local(state)
-        row = {"round": 0, **exp.evaluate_global(state), "local_test_ppl": _dist(list(local0.values()))}
-        rd.append_metrics(row)
-    adapter_params = num_params(state)
+        rd.metrics.unlink(missing_ok=True)
+        local0 = exp.evaluate_local(lambda k: exp.init)
+        rd.append_metrics(
+            {"round": 0, **exp.evaluate_global(exp.init), "local_test_ppl": _dist(list(local0.values()))}
+        )
+
+    if exp.spec.mode == "federated":
+        out = _run_federated(exp, rd, done, state, kept, counters, t0, prior_wall, stop_after, progress)
+        if out is None:
+            return {"stopped_after_round": stop_after, "run_dir": str(rd.path)}
+    elif exp.spec.mode == "local":
+        out = _run_local(exp, rd, progress)
+    else:
+        out = _run_central(exp, rd, progress)
+    final_state, pers = out
+    if final_state is not None:
+        write_state(rd.path / "global", final_state, exp.peft_model)
+    summary = make_summary(exp, rd, pers, round(prior_wall + time.time() - t0, 2))
+    rd.write_json("summary.json", summary)
+    from fedgen.report.text import write_report
+
+    write_report(rd.path, summary, rd.read_metrics(), pers)
+    return summary
+
+
+def _run_federated(exp, rd, done, state, kept, counters, t0, prior_wall, stop_after, progress):
+    cfg, f = exp.cfg, exp.cfg.fl
+    logic = client_logic(exp)
+    logic.kept.update(kept)
+    if state is None:
+        state = exp.init
+        if isinstance(logic, FedPerClient):
+            state = {k: v for k, v in state.items() if k not in logic.personal_keys}
+    counters = {"upload_bytes_total": 0, "download_bytes_total": 0, **counters}
+    upload_params = num_params(state)
     last_round = min(f.rounds, stop_after) if stop_after is not None else f.rounds
-    bar = tqdm(total=last_round - done, desc="rounds", disable=not progress, unit="round")
+    bar = tqdm(
+        total=max(last_round - done, 0), desc=f"{exp.spec.name} rounds", disable=not progress, unit="round"
+    )
     cbar = tqdm(desc="clients", disable=not progress, unit="client", leave=False)
-    prior_wall = float(counters["wall_seconds"])
 
     def on_round_end(rec: RoundRecord, new_state: State) -> None:
         counters["upload_bytes_total"] += rec.upload_bytes
@@ -346,28 +380,31 @@ def run_experiment(
             **asdict(rec),
             "upload_bytes_cum": counters["upload_bytes_total"],
             "download_bytes_cum": counters["download_bytes_total"],
-            "upload_bytes_formula": formula_bytes(adapter_params) * len(rec.clients),
+            "upload_bytes_formula": formula_bytes(upload_params) * len(rec.clients),
         }
         final = rec.round == f.rounds
-        if rec.round % cfg.eval.every == 0 or final:
+        if exp.spec.has_global and (rec.round % cfg.eval.every == 0 or final):
             row.update(exp.evaluate_global(new_state))
         if rec.round % cfg.eval.local_every == 0 or final:
-            row["local_test_ppl"] = _dist(list(exp.evaluate_local(new_state).values()))
+            if exp.spec.has_global:
+                row["local_test_ppl"] = _dist(list(exp.evaluate_local(lambda k: new_state).values()))
+            personal = personal_state_fn(exp, logic, new_state)
+            if personal is not None:
+                row["local_test_ppl_personalized"] = _dist(list(exp.evaluate_local(personal).values()))
         row["wall_seconds"] = round(prior_wall + time.time() - t0, 2)
         rd.append_metrics(row)
         rd.checkpoint(
-            exp.model,
-            new_state,
             rec.round,
+            new_state,
+            logic.kept,
             {**counters, "wall_seconds": row["wall_seconds"]},
             cfg.output.keep_checkpoints,
+            exp.peft_model,
         )
         bar.update(1)
-        bar.set_postfix({k: f"{row[k]:.1f}" for k in ("valid_ppl",) if k in row})
 
-    runtime = InProcessRuntime(exp.client, exp.data, cfg.seed, progress=cbar)
     state = federate(
-        runtime,
+        InProcessRuntime(logic, exp.data, cfg.seed, progress=cbar),
         state,
         num_clients=cfg.data.num_clients,
         rounds=last_round,
@@ -379,25 +416,85 @@ def run_experiment(
     bar.close()
     cbar.close()
     if last_round < f.rounds:
-        return {"stopped_after_round": last_round, "run_dir": str(rd.path)}
+        return None
+    if exp.spec.personalized == "finetune":
+        return state, personalize(exp, state, rd, progress)
+    personal = personal_state_fn(exp, logic, state)
+    pers = None
+    if personal is not None:
+        pers = _personalization_report(exp, rd, state if exp.spec.has_global else None, personal, logic.kept)
+    return state, pers  # FedPer: the shared layers
 
-    save_adapter(exp.model, state, rd.path / "global_adapter")
-    pers = personalize(exp, state, rd, progress) if cfg.personalize.enabled else None
-    summary = make_summary(exp, rd, state, pers, round(prior_wall + time.time() - t0, 2))
-    rd.write_json("summary.json", summary)
-    from fedgen.report.text import write_report
 
-    write_report(rd.path, summary, rd.read_metrics(), pers)
-    return summary
+def _run_local(exp: Experiment, rd: RunDir, progress: bool):
+    """Local-only: each client trains its own adapter on its own data, nothing is communicated."""
+    epochs = exp.budget_epochs()
+    kept: dict[int, State] = {}
+    for k, d in tqdm(exp.data.items(), desc="local clients", disable=not progress, unit="client"):
+        kept[k] = exp.client.fit(exp.init, d, derive_seed(exp.cfg.seed, "local", k), epochs=epochs).state
+    local = exp.evaluate_local(lambda k: kept[k])
+    rd.append_metrics(
+        {"round": 1, "epochs": epochs, "local_test_ppl_personalized": _dist(list(local.values()))}
+    )
+    return None, _personalization_report(exp, rd, None, lambda k: kept[k], kept)
+
+
+def _run_central(exp: Experiment, rd: RunDir, progress: bool):
+    """Centralized: all clients' training windows pooled on one machine (an upper bound)."""
+    epochs = exp.budget_epochs()
+    pooled = ClientData(-1, torch.cat([d.train for _, d in sorted(exp.data.items())]), torch.empty(0))
+    if progress:
+        print(f"{exp.spec.name}: {epochs} epochs over {len(pooled.train)} pooled windows")
+    state = exp.client.fit(exp.init, pooled, derive_seed(exp.cfg.seed, "central"), epochs=epochs).state
+    local = exp.evaluate_local(lambda k: state)
+    rd.append_metrics(
+        {
+            "round": 1,
+            "epochs": epochs,
+            **exp.evaluate_global(state),
+            "local_test_ppl": _dist(list(local.values())),
+        }
+    )
+    return state, None
+
+
+def _personalization_report(exp, rd, global_state, personal, kept) -> dict:
+    """Per-client local-test PPL of the global (if any) and personalized models; saves kept states."""
+    rows = []
+    for k, d in exp.data.items():
+        if k in kept:
+            st = kept[k]
+            write_state(
+                rd.path / "clients" / f"client_{k:03d}",
+                st,
+                exp.peft_model if st.keys() == exp.init.keys() else None,
+            )
+        if len(d.test) <= 1:
+            continue
+        row = {"client": k, "test_tokens": len(d.test) - 1, "trained": k in kept}
+        if global_state is not None:
+            row["ppl_global"] = exp.client.evaluate(global_state, d.test, exp.cfg.eval.batch_size)["ppl"]
+        row["ppl_personalized"] = exp.client.evaluate(personal(k), d.test, exp.cfg.eval.batch_size)["ppl"]
+        rows.append(row)
+    return _pers_summary(rd, rows)
+
+
+def _pers_summary(rd: RunDir, rows: list[dict]) -> dict:
+    out: dict[str, Any] = {"clients": rows, "personalized": _dist([r["ppl_personalized"] for r in rows])}
+    if rows and "ppl_global" in rows[0]:
+        out["global"] = _dist([r["ppl_global"] for r in rows])
+        out["improved_fraction"] = sum(r["ppl_personalized"] < r["ppl_global"] for r in rows) / len(rows)
+    rd.write_json("personalization.json", out)
+    return out
 
 
 def personalize(exp: Experiment, global_state: State, rd: RunDir, progress: bool = True) -> dict:
-    """Each client fine-tunes the final global adapter on its local train split; save and evaluate."""
+    """FedGen-Edge's last step: each client fine-tunes the final global adapter on its local train split."""
     cfg = exp.cfg
     rows = []
     for k, d in tqdm(exp.data.items(), desc="personalize", disable=not progress, unit="client", leave=False):
         res = exp.client.fit(global_state, d, derive_seed(cfg.seed, "personalize", k), cfg.personalize.epochs)
-        save_adapter(exp.model, res.state, rd.path / "clients" / f"client_{k:03d}")
+        write_state(rd.path / "clients" / f"client_{k:03d}", res.state, exp.peft_model)
         if len(d.test) <= 1:
             continue
         rows.append(
@@ -409,25 +506,23 @@ def personalize(exp: Experiment, global_state: State, rd: RunDir, progress: bool
                 "ppl_personalized": exp.client.evaluate(res.state, d.test, cfg.eval.batch_size)["ppl"],
             }
         )
-    out = {
-        "clients": rows,
-        "global": _dist([r["ppl_global"] for r in rows]),
-        "personalized": _dist([r["ppl_personalized"] for r in rows]),
-        "improved_fraction": sum(r["ppl_personalized"] < r["ppl_global"] for r in rows) / max(len(rows), 1),
-    }
-    rd.write_json("personalization.json", out)
-    return out
+    return _pers_summary(rd, rows)
 
 
-def make_summary(exp: Experiment, rd: RunDir, state: State, pers: dict | None, wall: float) -> dict:
-    cfg, metrics = exp.cfg, rd.read_metrics()
+def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) -> dict:
+    cfg, spec, metrics = exp.cfg, exp.spec, rd.read_metrics()
     first, last = metrics[0], metrics[-1]
-    rounds = [m for m in metrics if m["round"] > 0]
+    federated = spec.mode == "federated"
+    rounds = [m for m in metrics if m["round"] > 0] if federated else []
     n_up = sum(len(m["clients"]) for m in rounds)
-    adapter_params = num_params(state)
+    upload_params = (rounds[-1]["upload_bytes_formula"] // 4 // len(rounds[-1]["clients"])) if rounds else 0
+    note = {
+        "local": "none: no communication (each client trains alone)",
+        "central": "n/a: raw data centralised",
+    }.get(spec.mode)
     return {
         "summary_version": SUMMARY_VERSION,
-        "algorithm": "fedgen",
+        "algorithm": spec.name,
         "name": cfg.name,
         "seed": cfg.seed,
         "backbone": {
@@ -441,20 +536,24 @@ def make_summary(exp: Experiment, rd: RunDir, state: State, pers: dict | None, w
             },
             "ptb_valid_ppl_pretrain": exp.backbone_meta.get("ptb_valid_ppl"),
         },
-        "adapter_params": adapter_params,
+        "adapter_params": exp.params.numel() if spec.trains == "lora" else None,
+        "trained_params": exp.params.numel(),
+        "upload_params": upload_params,
         "num_clients": cfg.data.num_clients,
         "clients_per_round": len(rounds[0]["clients"]) if rounds else 0,
-        "rounds": last["round"],
-        "upload_bytes_total": last["upload_bytes_cum"],
-        "download_bytes_total": last["download_bytes_cum"],
-        "upload_bytes_formula_total": formula_bytes(adapter_params) * n_up,
-        "bytes_per_upload": len(serialize(state)),
+        "rounds": rounds[-1]["round"] if rounds else 0,
+        "local_epochs_equivalent": None if federated else last.get("epochs"),
+        "upload_bytes_total": last["upload_bytes_cum"] if rounds else 0,
+        "upload_note": note,
+        "download_bytes_total": last["download_bytes_cum"] if rounds else 0,
+        "upload_bytes_formula_total": formula_bytes(upload_params) * n_up,
+        "bytes_per_upload": rounds[-1]["upload_bytes"] // len(rounds[-1]["clients"]) if rounds else None,
         "valid_ppl_initial": first["valid_ppl"],
         "test_ppl_initial": first["test_ppl"],
-        "valid_ppl_final": last["valid_ppl"],
-        "test_ppl_final": last["test_ppl"],
+        "valid_ppl_final": last.get("valid_ppl") if spec.has_global else None,
+        "test_ppl_final": last.get("test_ppl") if spec.has_global else None,
         "local_test_ppl_initial_mean": first["local_test_ppl"]["mean"],
-        "local_test_ppl_global_mean": last["local_test_ppl"]["mean"],
+        "local_test_ppl_global_mean": last["local_test_ppl"]["mean"] if spec.has_global else None,
         "local_test_ppl_personalized_mean": pers["personalized"]["mean"] if pers else None,
         "local_test_ppl_personalized_median": pers["personalized"]["median"] if pers else None,
         "wall_seconds": wall,

@@ -52,7 +52,9 @@ def fit_lda(docs: list[Document], num_topics: int, seed: int, max_iter: int = 20
     return doc_topic, top
 
 
-def dirichlet_topic_partition(topics: np.ndarray, num_clients: int, alpha: float, seed: int) -> list[list[int]]:
+def dirichlet_topic_partition(
+    topics: np.ndarray, num_clients: int, alpha: float, seed: int
+) -> list[list[int]]:
     """Assign documents (given their topic ids) to clients with Dirichlet(alpha) topic mixtures."""
     rng = np.random.default_rng(seed)
     num_topics = int(topics.max()) + 1 if len(topics) else 1

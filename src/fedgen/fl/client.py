@@ -1,7 +1,7 @@
-"""Client side: the one local training loop, and a client that turns an adapter into an update.
+"""Client side: the one local training loop, and a client that turns a state into an update.
 
 Nothing here knows how messages travel: the in-process simulator calls
-:meth:`AdapterClient.fit` directly, and a Flower ClientApp can wrap the same call.
+:meth:`Client.fit` directly, and a Flower ClientApp can wrap the same call.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fedgen.models.lora import State, adapter_state, load_adapter_state
+from fedgen.models.params import ParamSet, State
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -85,23 +85,42 @@ def local_train(
     return {"train_loss": last_epoch_loss, "steps": steps}
 
 
-class AdapterClient:
-    """A device: frozen backbone + LoRA adapter. Adapter in -> trained adapter + n_k + metrics out."""
+class Client:
+    """A device: a model and the parameters it trains. State in -> trained state + n_k + metrics out."""
 
-    def __init__(self, task, model: nn.Module, params: Sequence[nn.Parameter], train_cfg: LocalTrainConfig):
-        self.task, self.model, self.params, self.train_cfg = task, model, list(params), train_cfg
+    def __init__(self, task, params: ParamSet, train_cfg: LocalTrainConfig):
+        self.task, self.params, self.train_cfg = task, params, train_cfg
+        self.model = params.model
 
-    def fit(self, global_state: State, data: ClientData, seed: int, epochs: int | None = None) -> FitResult:
-        """Start from ``global_state``, train locally, return the new adapter state."""
-        load_adapter_state(self.model, global_state)
+    def fit(
+        self,
+        state: State,
+        data: ClientData,
+        seed: int,
+        epochs: int | None = None,
+        prox: tuple[float, State] | None = None,
+    ) -> FitResult:
+        """Start from ``state``, train locally, return the new state.
+
+        ``prox=(lam, anchor)`` adds Ditto's proximal term ``lam/2 * ||theta - anchor||^2``.
+        """
+        self.params.load(state)
         cfg = (
             self.train_cfg
             if epochs is None
             else LocalTrainConfig(**{**vars(self.train_cfg), "epochs": epochs})
         )
-        metrics = local_train(self.task, self.model, self.params, data.train, cfg, seed)
-        return FitResult(data.client_id, adapter_state(self.model), len(data.train), metrics)
+        extra = None
+        if prox is not None:
+            lam, anchor = prox
+            pairs = [(p, anchor[k]) for k, p in self.params.params.items()]
+
+            def extra() -> torch.Tensor:
+                return 0.5 * lam * sum(((p - a) ** 2).sum() for p, a in pairs)
+
+        metrics = local_train(self.task, self.model, self.params.parameters(), data.train, cfg, seed, extra)
+        return FitResult(data.client_id, self.params.state(), len(data.train), metrics)
 
     def evaluate(self, state: State, ids: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
-        load_adapter_state(self.model, state)
+        self.params.load(state)
         return self.task.evaluate(self.model, ids, batch_size)

@@ -9,30 +9,41 @@ def _mb(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 1e6:.3f} MB"
 
 
+def _ppl(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
 def result_table(s: dict) -> str:
-    """The headline table (markdown), as printed at the end of ``fedgen run``."""
+    """The headline table (markdown) of one run, as printed at the end of ``fedgen run``."""
     b = s["backbone"]
+    local = f"{_ppl(s['local_test_ppl_initial_mean'])} (backbone)"
+    if s.get("local_test_ppl_global_mean") is not None:
+        local += f" -> {_ppl(s['local_test_ppl_global_mean'])} (global)"
+    if s.get("local_test_ppl_personalized_mean") is not None:
+        local += f" -> {_ppl(s['local_test_ppl_personalized_mean'])} (personalized)"
+    if s["rounds"]:
+        work = f"K={s['num_clients']}, {s['clients_per_round']} per round, {s['rounds']} rounds"
+        upload = (
+            f"{s['bytes_per_upload']:,} bytes per client per round "
+            f"(formula: {s['upload_params'] * 4:,}); total {_mb(s['upload_bytes_total'])}"
+        )
+    else:
+        work = (
+            f"K={s['num_clients']}, {s['local_epochs_equivalent']} epochs (same sample passes as federated)"
+        )
+        upload = s.get("upload_note") or "0"
     rows = [
+        ("Algorithm", s["algorithm"]),
         ("Backbone", f"{b['source']} ({b['params']:,} params)"),
-        ("Adapter (LoRA q,v)", f"{s['adapter_params']:,} trainable params"),
-        ("Clients", f"K={s['num_clients']}, {s['clients_per_round']} per round, {s['rounds']} rounds"),
-        ("PTB valid PPL", f"{s['valid_ppl_initial']:.2f} -> {s['valid_ppl_final']:.2f}"),
-        ("PTB test PPL", f"{s['test_ppl_initial']:.2f} -> {s['test_ppl_final']:.2f}"),
         (
-            "Clients' local-test PPL (mean)",
-            f"{s['local_test_ppl_initial_mean']:.2f} (backbone) -> "
-            f"{s['local_test_ppl_global_mean']:.2f} (global)"
-            + (
-                f" -> {s['local_test_ppl_personalized_mean']:.2f} (personalized)"
-                if s.get("local_test_ppl_personalized_mean") is not None
-                else ""
-            ),
+            "Trained parameters",
+            f"{s['trained_params']:,}" + (" (LoRA q,v)" if s.get("adapter_params") else " (full)"),
         ),
-        (
-            "Upload per client per round",
-            f"{s['bytes_per_upload']:,} bytes (formula 3.5: {s['adapter_params'] * 4:,})",
-        ),
-        ("Upload total", _mb(s["upload_bytes_total"])),
+        ("Clients", work),
+        ("PTB valid PPL", f"{_ppl(s['valid_ppl_initial'])} -> {_ppl(s['valid_ppl_final'])}"),
+        ("PTB test PPL", f"{_ppl(s['test_ppl_initial'])} -> {_ppl(s['test_ppl_final'])}"),
+        ("Clients' local-test PPL (mean)", local),
+        ("Upload", upload),
         ("Download total", _mb(s["download_bytes_total"])),
         ("Wall time", f"{s['wall_seconds']:.0f} s"),
     ]
@@ -52,12 +63,16 @@ def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
         pts = [(m["round"], m[key]) for m in metrics if key in m]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    pts = [(m["round"], m["local_test_ppl"]["mean"]) for m in metrics if "local_test_ppl" in m]
-    if pts:
-        ax.plot(*zip(*pts, strict=True), marker="s", label="clients' local test (mean)")
+    for key, label in (
+        ("local_test_ppl", "clients' local test, global"),
+        ("local_test_ppl_personalized", "clients' local test, personalized"),
+    ):
+        pts = [(m["round"], m[key]["mean"]) for m in metrics if key in m]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="s", label=label + " (mean)")
     ax.set_xlabel("round")
     ax.set_ylabel("perplexity")
-    ax.set_title("FedGen-Edge convergence (global adapter)")
+    ax.set_title("convergence")
     ax.grid(alpha=0.3)
     ax.legend()
     out = run_dir / "convergence.png"
@@ -70,7 +85,12 @@ def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
 def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict | None) -> Path:
     """Write report.md (result table, personalization distribution, convergence plot)."""
     plot = plot_convergence(run_dir, metrics)
-    parts = [f"# FedGen-Edge run `{summary['name']}` (seed {summary['seed']})", "", result_table(summary), ""]
+    parts = [
+        f"# Run `{summary['name']}`: {summary['algorithm']} (seed {summary['seed']})",
+        "",
+        result_table(summary),
+        "",
+    ]
     if "fedgen-pretrain" in str(summary["backbone"]["source"]):
         parts += [
             "> Backbone: **pretrained by fedgen offline** on public text no client holds "
@@ -85,9 +105,12 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
             "|---|---|---|---|---|",
         ]
         for key in ("global", "personalized"):
+            if key not in pers:
+                continue
             d = pers[key]
             parts.append(f"| {key} | {d['mean']:.2f} | {d['median']:.2f} | {d['p10']:.2f} | {d['p90']:.2f} |")
-        parts += ["", f"Personalization lowered PPL for {pers['improved_fraction']:.0%} of clients.", ""]
+        if "improved_fraction" in pers:
+            parts += ["", f"Personalization lowered PPL for {pers['improved_fraction']:.0%} of clients.", ""]
     if plot:
         parts += ["## Convergence", "", f"![convergence]({plot.name})", ""]
     out = run_dir / "report.md"

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from fedgen.fl.client import AdapterClient, ClientData, FitResult, derive_seed
-from fedgen.models.lora import State
+from typing import Protocol
+
+from fedgen.fl.client import ClientData, FitResult, derive_seed
+from fedgen.models.params import State
+
+
+class ClientLogic(Protocol):
+    def fit(self, state: State, data: ClientData, seed: int) -> FitResult: ...
 
 
 class InProcessRuntime:
-    """Runs :meth:`AdapterClient.fit` for each sampled client, sequentially and deterministically."""
+    """Runs each sampled client's ``fit`` sequentially and deterministically in this process."""
 
-    def __init__(self, client: AdapterClient, data: dict[int, ClientData], seed: int, progress=None):
+    def __init__(self, client: ClientLogic, data: dict[int, ClientData], seed: int, progress=None):
         self.client, self.data, self.seed, self.progress = client, data, seed, progress
 
     def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]:

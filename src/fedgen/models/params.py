@@ -1,0 +1,72 @@
+"""The parameters an algorithm trains and exchanges, as a named state dict.
+
+Two kinds: ``"lora"`` (the LoRA tensors of a PEFT model, under PEFT's own saved key
+names, so a state is a PEFT adapter) and ``"full"`` (every parameter of the model,
+tied weights once). Loading checks keys and shapes; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from fedgen.errors import CheckpointError
+
+State = dict[str, torch.Tensor]
+
+
+class ParamSet:
+    """A fixed, ordered set of a model's parameters, addressed by exchange keys."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        if kind not in ("lora", "full"):
+            raise ValueError(f"unknown parameter set {kind!r}")
+        self.model, self.kind = model, kind
+        named = model.named_parameters()  # deduplicates tied weights
+        if kind == "lora":
+            pairs = [(n.replace(".default", ""), p) for n, p in named if "lora_" in n]
+        else:
+            pairs = list(named)
+        self.params: OrderedDict[str, nn.Parameter] = OrderedDict(sorted(pairs))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in self.params.values():
+            p.requires_grad_(True)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def keys(self) -> list[str]:
+        return list(self.params)
+
+    def parameters(self, keys: Iterable[str] | None = None) -> list[nn.Parameter]:
+        return [self.params[k] for k in (self.params if keys is None else keys)]
+
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def state(self, keys: Iterable[str] | None = None) -> State:
+        """Detached copies of the (selected) parameters."""
+        ks = self.params if keys is None else keys
+        return OrderedDict((k, self.params[k].detach().clone()) for k in ks)
+
+    def load(self, state: State, partial: bool = False) -> None:
+        """Copy ``state`` into the parameters. ``partial`` allows a subset of the keys."""
+        extra = sorted(set(state) - set(self.params))
+        missing = [] if partial else sorted(set(self.params) - set(state))
+        if extra or missing:
+            raise CheckpointError(
+                f"state does not fit this model (missing {missing[:2]}, unexpected {extra[:2]})"
+            )
+        with torch.no_grad():
+            for k, v in state.items():
+                p = self.params[k]
+                if tuple(v.shape) != tuple(p.shape):
+                    raise CheckpointError(
+                        f"tensor {k} has shape {tuple(v.shape)}, the model expects {tuple(p.shape)} "
+                        "(another LoRA rank or backbone?)"
+                    )
+                p.copy_(v)

@@ -1,0 +1,105 @@
+"""Run directories: atomic JSON writes, metrics.jsonl, checkpoints and resume.
+
+State files are safetensors: a LoRA state is written as a PEFT adapter directory
+(``adapter_model.safetensors`` + ``adapter_config.json``), any other state as
+``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from fedgen.errors import CheckpointError
+from fedgen.models.lora import read_adapter, save_adapter
+from fedgen.models.params import State
+
+MODEL_FILE = "model.safetensors"
+
+
+def write_state(path: Path, state: State, peft_model=None) -> Path:
+    """Save ``state`` to the directory ``path`` (PEFT adapter when ``peft_model`` is given)."""
+    if peft_model is not None:
+        return save_adapter(peft_model, state, path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path / MODEL_FILE))
+    return path
+
+
+def read_state(path: Path) -> State:
+    """Read a state written by :func:`write_state`."""
+    if (path / MODEL_FILE).is_file():
+        try:
+            return dict(sorted(load_file(str(path / MODEL_FILE)).items()))
+        except Exception as e:  # safetensors raises several types for corrupt files
+            raise CheckpointError(f"{path / MODEL_FILE} is corrupt: {e}") from None
+    return read_adapter(path)
+
+
+class RunDir:
+    """Atomic writes and resume bookkeeping for one run directory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.metrics = path / "metrics.jsonl"
+        self.state_file = path / "state.json"
+
+    def write_json(self, name: str, obj: Any) -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2))
+        tmp.replace(self.path / name)
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())
+
+    def append_metrics(self, row: dict) -> None:
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def checkpoint(
+        self, rnd: int, state: State, kept: dict[int, State], counters: dict, keep: int, peft_model=None
+    ) -> None:
+        """Save round ``rnd``'s global state and the clients' kept states, then ``state.json``."""
+        ckdir = self.path / "checkpoints"
+        tmp = ckdir / f"round_{rnd:04d}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        write_state(tmp, state, peft_model)
+        for k, st in sorted(kept.items()):
+            write_state(
+                tmp / "kept" / f"client_{k:03d}", st, peft_model if st.keys() == state.keys() else None
+            )
+        final = ckdir / f"round_{rnd:04d}"
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        self.write_json("state.json", {"round": rnd, **counters})
+        for old in sorted(ckdir.glob("round_[0-9][0-9][0-9][0-9]"))[:-keep]:
+            shutil.rmtree(old)
+
+    def load_resume(self) -> tuple[int, State | None, dict[int, State], dict]:
+        """(last completed round, its global state, kept client states, counters); round 0 if fresh."""
+        if not self.state_file.is_file():
+            return 0, None, {}, {}
+        try:
+            st = json.loads(self.state_file.read_text())
+            rnd = int(st.pop("round"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"{self.state_file} is corrupt ({e}); delete the run dir to start over"
+            ) from None
+        ck = self.path / "checkpoints" / f"round_{rnd:04d}"
+        state = read_state(ck)
+        kept = {int(p.name.split("_")[1]): read_state(p) for p in sorted((ck / "kept").glob("client_*"))}
+        rows = [r for r in self.read_metrics() if r["round"] <= rnd]
+        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return rnd, state, kept, st
