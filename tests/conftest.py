@@ -33,3 +33,37 @@ def pretrain_root(data_root: Path) -> Path:
     if not (data_root / "pretrain" / "SHA256SUMS").is_file():
         _unavailable(f"real pre-training corpus not available under {data_root}")
     return data_root
+
+
+def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
+    """A real-PTB experiment small enough for CI: 8 clients, 1-layer d=64 backbone."""
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "threads": 2,
+        "data": {
+            "dir": str(data_root),
+            "num_clients": 8,
+            "max_docs": 120,
+            "num_topics": 4,
+            "lda_max_iter": 5,
+        },
+        "model": {"n_layer": 1, "n_embd": 64, "n_head": 2, "context": 32},
+        "lora": {"r": 4, "alpha": 8},
+        "pretrain": {
+            "steps": 120,
+            "batch_size": 32,
+            "lr": 0.003,
+            "warmup_steps": 10,
+            "sources": ["us-presidential-addresses"],
+        },
+        "fl": {"rounds": 2, "fraction": 0.5, "local_epochs": 1, "batch_size": 16, "lr": 0.01, **fl},
+        "eval": {"max_tokens": 6000, "local_every": 1},
+        "output": {"root": str(root), "keep_checkpoints": 2},
+    }
+
+
+@pytest.fixture(scope="session")
+def shared_root(tmp_path_factory) -> Path:
+    """One output root per test session, so the tiny backbone is pre-trained once."""
+    return tmp_path_factory.mktemp("fedgen-runs")

@@ -10,6 +10,7 @@ import torch
 import yaml
 from peft import PeftModel
 
+from conftest import tiny_raw
 from fedgen.cli import main
 from fedgen.config import config_from_dict
 from fedgen.errors import CheckpointError, UpdateError
@@ -23,36 +24,9 @@ from fedgen.run import SUMMARY_FIELDS, Experiment, backbone_path, run_experiment
 pytestmark = pytest.mark.realdata
 
 
-def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
-    return {
-        "name": "tiny",
-        "seed": 0,
-        "threads": 2,
-        "data": {
-            "dir": str(data_root),
-            "num_clients": 8,
-            "max_docs": 120,
-            "num_topics": 4,
-            "lda_max_iter": 5,
-        },
-        "model": {"n_layer": 1, "n_embd": 64, "n_head": 2, "context": 32},
-        "lora": {"r": 4, "alpha": 8},
-        "pretrain": {
-            "steps": 120,
-            "batch_size": 32,
-            "lr": 0.003,
-            "warmup_steps": 10,
-            "sources": ["us-presidential-addresses"],
-        },
-        "fl": {"rounds": 2, "fraction": 0.5, "local_epochs": 1, "batch_size": 16, "lr": 0.01, **fl},
-        "eval": {"max_tokens": 6000, "local_every": 1},
-        "output": {"root": str(root), "keep_checkpoints": 2},
-    }
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, data_root) -> Path:
-    return tmp_path_factory.mktemp("fed")
+def workdir(shared_root, data_root) -> Path:
+    return shared_root
 
 
 @pytest.fixture(scope="module")

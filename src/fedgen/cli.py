@@ -1,4 +1,4 @@
-"""``fedgen`` command line: run | pretrain | generate | report | data."""
+"""``fedgen`` command line: run | compare | pretrain | generate | report | data."""
 
 from __future__ import annotations
 
@@ -42,6 +42,26 @@ def cmd_run(args) -> int:
     print()
     print(result_table(summary))
     print(f"\nrun dir: {summary['run_dir']}  (report.md, summary.json, metrics.jsonl, adapters)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from fedgen.compare import ORDER, compare
+
+    cfg = _load(args)
+    algs = ORDER if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
+    unknown = [a for a in algs if a not in ORDER]
+    if unknown:
+        raise FedgenError(f"unknown algorithm(s) {unknown}; choose from {', '.join(ORDER)} or 'all'")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise FedgenError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    out = args.out or str(Path(cfg.output.root) / f"compare-{cfg.name}")
+    result = compare(cfg, algs, seeds, out, progress=not args.quiet)
+    print()
+    print(result["markdown"])
+    print(f"\nwritten: {out}/compare.json, {out}/compare.md")
     return 0
 
 
@@ -152,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     r.add_argument("--stop-after", type=int, metavar="N", help="stop after round N (resumable)")
     r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="run every algorithm x seed and tabulate (resumable)")
+    common(c)
+    c.add_argument("--algorithms", default="all", help="comma-separated names or 'all'")
+    c.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    c.add_argument("--out", help="output dir (default runs/compare-<name>)")
+    c.set_defaults(func=cmd_compare)
 
     pt = sub.add_parser("pretrain", help="pre-train the backbone offline on public text")
     common(pt)

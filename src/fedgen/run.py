@@ -439,10 +439,15 @@ def _run_local(exp: Experiment, rd: RunDir, progress: bool):
     return None, _personalization_report(exp, rd, None, lambda k: kept[k], kept)
 
 
+def pooled_data(exp: Experiment) -> ClientData:
+    """Every client's training windows in one dataset (centralized baselines)."""
+    return ClientData(-1, torch.cat([d.train for _, d in sorted(exp.data.items())]), torch.empty(0))
+
+
 def _run_central(exp: Experiment, rd: RunDir, progress: bool):
     """Centralized: all clients' training windows pooled on one machine (an upper bound)."""
     epochs = exp.budget_epochs()
-    pooled = ClientData(-1, torch.cat([d.train for _, d in sorted(exp.data.items())]), torch.empty(0))
+    pooled = pooled_data(exp)
     if progress:
         print(f"{exp.spec.name}: {epochs} epochs over {len(pooled.train)} pooled windows")
     state = exp.client.fit(exp.init, pooled, derive_seed(exp.cfg.seed, "central"), epochs=epochs).state

@@ -20,3 +20,9 @@ def num_params(state: Mapping[str, torch.Tensor]) -> int:
 def formula_bytes(params: int, bytes_per_param: int = 4) -> int:
     """Formula (3.5): payload of one message = |theta| * bytes per parameter (fp32 -> 4)."""
     return params * bytes_per_param
+
+
+def upload_total_formula(rounds: int, clients_per_round: int, params: int, bytes_per_param: int = 4) -> int:
+    """Total upload of a run by formula (3.5) for adapters / (3.6) for full models:
+    rounds x clients per round x uploaded parameters x bytes per parameter."""
+    return rounds * clients_per_round * formula_bytes(params, bytes_per_param)

@@ -1,0 +1,153 @@
+"""Each baseline's defining property, on tiny real-PTB runs that share data, partition and backbone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_raw
+from fedgen.compare import compare
+from fedgen.config import config_from_dict
+from fedgen.fl.algorithms import ALGORITHMS, DittoClient, FedPerClient
+from fedgen.fl.client import derive_seed
+from fedgen.fl.comm import serialize, upload_total_formula
+from fedgen.models.gpt import build_gpt, count_params, freeze, gpt2_config
+from fedgen.models.lora import add_lora, lora_parameters
+from fedgen.run import Experiment, client_logic, pooled_data, run_experiment
+
+pytestmark = pytest.mark.realdata
+
+
+def raw_for(root, data_root, algorithm: str, **extra) -> dict:
+    raw = tiny_raw(root, data_root, rounds=2)
+    raw["model"]["n_layer"] = 2  # FedPer needs a shared and a personal block
+    raw["algorithm"] = {"name": algorithm, **extra}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def summaries(shared_root, data_root) -> dict[str, dict]:
+    out = {}
+    for alg in ALGORITHMS:
+        out[alg] = run_experiment(
+            config_from_dict(raw_for(shared_root, data_root, alg)), shared_root / "algs" / alg, progress=False
+        )
+    return out
+
+
+def test_all_algorithms_share_data_partition_backbone_and_round_zero(summaries, shared_root):
+    firsts = {a: (s["valid_ppl_initial"], s["test_ppl_initial"]) for a, s in summaries.items()}
+    assert len(set(firsts.values())) == 1, firsts
+    parts = {(shared_root / "algs" / a / "partition.json").read_text() for a in summaries}
+    assert len(parts) == 1
+
+
+def test_fedper_never_uploads_its_personal_layers(summaries, shared_root, data_root):
+    exp = Experiment.build(config_from_dict(raw_for(shared_root, data_root, "fedper")), progress=False)
+    logic = client_logic(exp)
+    assert isinstance(logic, FedPerClient)
+    personal = logic.personal_keys
+    assert personal and all(k.startswith(("transformer.h.1.", "transformer.ln_f.")) for k in personal)
+    shared = {k: v for k, v in exp.init.items() if k not in personal}
+    res = logic.fit(shared, exp.data[0], seed=0)
+    assert set(res.state) == set(shared) and not set(res.state) & personal
+    assert set(logic.kept[0]) == personal
+    s = summaries["fedper"]
+    assert s["upload_params"] == sum(v.numel() for v in shared.values()) < s["trained_params"]
+    assert s["bytes_per_upload"] == len(serialize(shared))  # the bytes sent hold no personal tensor
+
+
+def test_local_only_sends_nothing_and_keeps_one_adapter_per_client(summaries, shared_root):
+    s = summaries["local"]
+    assert s["upload_bytes_total"] == s["download_bytes_total"] == 0 and s["rounds"] == 0
+    assert "no communication" in s["upload_note"]
+    assert s["valid_ppl_final"] is None and s["local_test_ppl_personalized_mean"] is not None
+    assert len(list((shared_root / "algs" / "local" / "clients").iterdir())) == 8
+
+
+def test_fedavg_full_uploads_every_parameter(summaries):
+    s = summaries["fedavg-full"]
+    assert s["upload_params"] == s["trained_params"] == s["backbone"]["params"]
+    assert s["bytes_per_upload"] - 4 * s["backbone"]["params"] < 4096  # fp32 payload + header
+
+
+def test_ditto_lambda_zero_is_local_training_and_a_huge_lambda_stays_at_the_global_model(
+    shared_root, data_root
+):
+    exp = Experiment.build(config_from_dict(raw_for(shared_root, data_root, "ditto")), progress=False)
+    w, data = exp.init, exp.data[1]
+
+    def personal(lam: float) -> dict:
+        d = DittoClient(exp.client, lam)
+        d.fit(w, data, seed=5)
+        return d.kept[1]
+
+    def dist(state) -> float:
+        return sum(((state[k] - w[k]) ** 2).sum().item() for k in w) ** 0.5
+
+    v0 = personal(0.0)
+    alone = exp.client.fit(w, data, derive_seed(5, "ditto")).state
+    assert all(torch.equal(v0[k], alone[k]) for k in w)  # lambda = 0: plain local training
+    d0, dbig = dist(v0), dist(personal(1e6))
+    print(f"||v - w||: lambda=0 {d0:.4f}, lambda=1e6 {dbig:.4f}")
+    assert dbig < 0.25 * d0
+
+
+def test_central_training_sees_every_clients_samples(summaries, shared_root, data_root):
+    exp = Experiment.build(config_from_dict(raw_for(shared_root, data_root, "central-lora")), progress=False)
+    pooled = pooled_data(exp).train
+    assert len(pooled) == sum(len(d.train) for d in exp.data.values())
+    assert torch.equal(pooled, torch.cat([exp.data[k].train for k in sorted(exp.data)]))
+    # same expected sample passes as the federated runs: rounds x (m/K) x E epochs
+    assert summaries["central-lora"]["local_epochs_equivalent"] == exp.budget_epochs() == 1
+    assert summaries["central-full"]["upload_note"].startswith("n/a")
+
+
+def test_upload_totals_follow_formulas_3_5_and_3_6(summaries):
+    for alg in ("fedgen", "fedavg-full", "ditto", "fedper"):
+        s = summaries[alg]
+        assert s["upload_bytes_formula_total"] == upload_total_formula(
+            s["rounds"], s["clients_per_round"], s["upload_params"]
+        )
+        overhead = s["upload_bytes_total"] - s["upload_bytes_formula_total"]
+        assert 0 < overhead <= s["rounds"] * s["clients_per_round"] * 4096  # safetensors headers only
+    assert summaries["fedgen"]["upload_bytes_total"] * 50 < summaries["fedavg-full"]["upload_bytes_total"]
+
+
+def test_paper_config_upload_arithmetic():
+    """Paper setting: 500 rounds x 10 clients, 6x768x12 GPT-2 on PTB's 10k vocabulary, LoRA r=8 on q,v."""
+    model = build_gpt(gpt2_config(10_000, 6, 768, 12, 128, 0.0), seed=0)
+    full = count_params(model)
+    freeze(model)
+    lora = sum(p.numel() for p in lora_parameters(add_lora(model, 8, 16, ["q_proj", "v_proj"])))
+    assert (full, lora) == (50_307_072, 147_456)
+    assert upload_total_formula(500, 10, lora) == 2_949_120_000  # FedGen-Edge: 2.95 GB
+    assert upload_total_formula(500, 10, full) == 1_006_141_440_000  # FedAvg (full): 1.006 TB
+    # the reduction factor is the parameter ratio, whatever the rounds and clients
+    assert upload_total_formula(500, 10, full) / upload_total_formula(500, 10, lora) == full / lora
+
+
+def test_compare_tabulates_mean_and_std_and_skips_finished_runs(shared_root, data_root, monkeypatch):
+    cfg = config_from_dict(raw_for(shared_root, data_root, "fedgen"))
+    out = shared_root / "cmp"
+    r1 = compare(cfg, ["local", "central-lora"], [0, 1], out, progress=False)
+    assert [(r["algorithm"], r["seed"]) for r in r1["rows"]] == [
+        ("local", 0),
+        ("central-lora", 0),
+        ("local", 1),
+        ("central-lora", 1),
+    ]
+    t = r1["table"]["central-lora"]
+    assert t["test_ppl_final"]["n"] == 2 and t["local_test_ppl_personalized_mean"] is None
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["table"].keys() == r1["table"].keys()
+    md = (out / "compare.md").read_text()
+    assert "paper (reported, not ours)" in md and "central-lora" in md
+
+    import fedgen.compare as cmp
+
+    monkeypatch.setattr(cmp, "run_experiment", lambda *a, **k: pytest.fail("finished runs must be skipped"))
+    r2 = compare(cfg, ["local", "central-lora"], [0, 1], out, progress=False)
+    assert r2["rows"] == r1["rows"]
