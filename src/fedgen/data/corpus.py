@@ -44,17 +44,15 @@ out-of-vocabulary token becomes ``<unk>``, and ``<eos>`` ends each sentence.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import re
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fedgen.data.download import stream_to_temp
 from fedgen.data.ptb import EOS, UNK, Vocab, data_root, sha256_file
 from fedgen.errors import DataError
 
@@ -634,35 +632,7 @@ def _by_hand(folder: Path) -> str:
 
 
 def _stream_to_temp(url: str, tmp_dir: Path, folder: Path, timeout: float) -> tuple[Path, int, str]:
-    """Download ``url`` into a new temp file in ``tmp_dir``; returns (temp path, bytes, SHA-256).
-
-    The caller owns (and must remove or rename) the temp file; on error it is removed and a
-    :class:`DataError` is raised.
-    """
-    name = url.rsplit("/", 1)[-1] or "download"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=tmp_dir)
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    while chunk := resp.read(_CHUNK):
-                        h.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-            except (OSError, ValueError, http.client.HTTPException) as e:
-                is_http = isinstance(e, urllib.error.HTTPError)
-                reason = e if is_http else (getattr(e, "reason", None) or e)
-                raise DataError(
-                    f"Could not download {url}: {reason}. Check the network (or pass another base URL), "
-                    + _by_hand(folder)
-                ) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp, size, h.hexdigest()
+    return stream_to_temp(url, tmp_dir, timeout, _by_hand(folder))
 
 
 def _install(tmp: Path, actual: str, expected: str, dest: Path, what: str, folder: Path) -> None:

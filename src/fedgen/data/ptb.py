@@ -12,11 +12,7 @@ Reading follows the standard convention: one sentence per line, whitespace-split
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgen.data.download import stream_to_temp
 from fedgen.errors import DataError
 
 __all__ = [
@@ -222,26 +219,9 @@ def load_ptb(root: str | Path | None = None, verify: bool = True) -> PTB:
 
 def _download(url: str, dest: Path, expected: str, timeout: float) -> int:
     """Stream ``url`` into a temp file beside ``dest``, check SHA-256, rename atomically. Returns bytes."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    by_hand = f"or copy ptb.train.txt, ptb.valid.txt, ptb.test.txt by hand into {dest.parent}."
+    tmp, size, actual = stream_to_temp(url, dest.parent, timeout, by_hand)
     try:
-        h = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    while chunk := resp.read(_CHUNK):
-                        h.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-            except (OSError, ValueError, http.client.HTTPException) as e:
-                is_http = isinstance(e, urllib.error.HTTPError)
-                reason = e if is_http else (getattr(e, "reason", None) or e)
-                raise DataError(
-                    f"Could not download {url}: {reason}. Check the network (or pass another base URL), "
-                    f"or copy ptb.train.txt, ptb.valid.txt, ptb.test.txt by hand into {dest.parent}."
-                ) from e
-        actual = h.hexdigest()
         if actual != expected:
             raise DataError(
                 f"Downloaded {url} has the wrong checksum (SHA-256 expected {expected}, got {actual}); "
