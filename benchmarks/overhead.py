@@ -4,12 +4,13 @@ Two variants run the *same* work: same backbone, same LoRA adapter, same sampled
 examples, same per-client seeds (so the same batch order and dropout masks), same number of
 optimizer steps, and the same n_k-weighted average at the end of every round.
 
-(A) federated  ``fedgen.fl.server.federate`` over ``fedgen.runtime.simulate.InProcessRuntime``:
-               client sampling, per client ``AdapterClient.fit`` (PEFT adapter load with key/shape
-               checks, ``local_train``, adapter extraction), and per round safetensors
-               serialization of the global adapter and of every update (byte accounting), update
-               validation (keys/shapes/dtypes/finite) and FedAvg. No evaluation and no
-               checkpointing (``on_round_end=None``): those are not local training work.
+(A) federated  ``fedgen.fl.server.federate`` over ``fedgen.runtime.simulate.InProcessRuntime`` with
+               the client logic ``fedgen run`` uses for FedGen-Edge (``fedgen.run.client_logic``):
+               client sampling, per client ``Client.fit`` (adapter load with key/shape checks,
+               ``local_train`` incl. its per-step ``loss.item()``, adapter extraction), and per round
+               safetensors serialization of the global adapter and of every update (byte
+               accounting), update validation (keys/shapes/dtypes/finite) and FedAvg. No evaluation
+               and no checkpointing (``on_round_end=None``): those are not local training work.
 (B) bare       a plain torch loop written here: ``copy_`` the global adapter into the LoRA
                parameters, AdamW, randperm mini-batches, cross-entropy, backward, gradient clipping,
                step; then a float64 n_k-weighted mean of the clients' adapter tensors.
@@ -21,39 +22,45 @@ bit-identical), which shows that the same work was timed. Measurements are inter
 Run from the repository root::
 
     FEDGEN_DATA=/path/to/data python benchmarks/overhead.py [--config C] [--set k=v ...]
-        [--rounds 3] [--repeats 3] [--threads 2] [--out benchmarks/results/overhead.json]
+        [--rounds 2] [--repeats 3] [--threads 2] [--out benchmarks/results/overhead.json]
 """
 
 from __future__ import annotations
 
-import argparse
-import gc
-import json
-import math
 import os
-import platform
-import statistics
-import sys
-import time
-from collections import OrderedDict
-from pathlib import Path
-from typing import Any
 
-import torch
-import torch.nn.functional as F
+# As fedgen/__init__.py does: spin-waiting OpenMP threads collapse when another process shares the
+# cores. It must be set before torch is first imported, and torch is imported before fedgen here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fedgen.config import Config, load_config
-from fedgen.fl.client import derive_seed
-from fedgen.fl.server import federate, sample_clients
-from fedgen.models.lora import State
-from fedgen.run import Experiment, backbone_path
-from fedgen.runtime.simulate import InProcessRuntime
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from fedgen.config import Config, load_config  # noqa: E402
+from fedgen.fl.client import derive_seed  # noqa: E402
+from fedgen.fl.server import federate, sample_clients  # noqa: E402
+from fedgen.run import Experiment, backbone_path, client_logic  # noqa: E402
+from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
 
 GOAL = 1.03
 TOLERANCE = 1e-6
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "overhead.json"
+
+State = dict[str, torch.Tensor]  # an adapter: exchange key -> tensor
 
 
 # ------------------------------------------------------------------------------ (A) federated
@@ -72,10 +79,10 @@ class _CountingRuntime(InProcessRuntime):
         return results
 
 
-def run_federated(exp: Experiment, init: State, rounds: int, runtime: InProcessRuntime | None = None) -> State:
+def run_federated(exp: Experiment, init: State, rounds: int, runtime: Any = None) -> State:
     cfg = exp.cfg
     if runtime is None:
-        runtime = InProcessRuntime(exp.client, exp.data, cfg.seed)
+        runtime = InProcessRuntime(client_logic(exp), exp.data, cfg.seed)
     return federate(
         runtime,
         init,
@@ -92,13 +99,12 @@ def run_federated(exp: Experiment, init: State, rounds: int, runtime: InProcessR
 def lora_param_map(model: torch.nn.Module, state: State) -> OrderedDict[str, torch.nn.Parameter]:
     """Adapter-state key -> LoRA parameter (PEFT drops the adapter name '.default' from state keys).
 
-    Ordered like ``model.named_parameters()``, which is the order the federated client hands to
-    AdamW and ``clip_grad_norm_``.
+    Sorted by key, the order of the exchanged adapter state (and of the parameters the federated
+    client hands to AdamW and ``clip_grad_norm_``; for fewer than 10 layers this is also
+    ``named_parameters()`` order).
     """
-    out: OrderedDict[str, torch.nn.Parameter] = OrderedDict()
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            out[name.replace(".default.", ".")] = p
+    named = {name.replace(".default.", "."): p for name, p in model.named_parameters() if "lora_" in name}
+    out = OrderedDict((k, named[k]) for k in sorted(named))
     if set(out) != set(state):
         raise SystemExit(
             f"overhead: LoRA parameter names {sorted(out)[:2]} do not match adapter keys {sorted(state)[:2]}"
@@ -109,7 +115,7 @@ def lora_param_map(model: torch.nn.Module, state: State) -> OrderedDict[str, tor
 def run_bare(exp: Experiment, init: State, rounds: int) -> tuple[State, int]:
     """The same rounds as :func:`run_federated`, as a plain torch loop. Returns (final adapter, steps)."""
     cfg, f = exp.cfg, exp.cfg.fl
-    model = exp.model
+    model = exp.peft_model
     pmap = lora_param_map(model, init)
     params = list(pmap.values())
     glob = {k: v.clone() for k, v in init.items()}
@@ -176,7 +182,11 @@ def timed(fn, *args) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def machine_info(threads: int) -> dict[str, Any]:
+def _loadavg() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def machine_info(threads: int, load_start: float | None) -> dict[str, Any]:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -189,6 +199,11 @@ def machine_info(threads: int) -> dict[str, Any]:
         "usable_cores": cores,
         "torch_threads": torch.get_num_threads(),
         "requested_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # 1-minute load average before the run and at its end (the benchmark itself adds ~threads):
+        # well above that at the end means other processes competed for the cores.
+        "loadavg_1m_start": load_start,
+        "loadavg_1m_end": _loadavg(),
     }
 
 
@@ -199,7 +214,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML (default: demo)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    ap.add_argument("--rounds", type=int, default=3, help="federated rounds per measurement")
+    # 2 rounds (not 3): with 3, the demo config took 10.6 min on a shared 2-core machine (8 runs of
+    # 222 steps at ~0.35 s/step), over the ~5-8 min budget. The ratio does not depend on it much:
+    # the federated machinery's cost is per round and per client, like the training work.
+    ap.add_argument("--rounds", type=int, default=2, help="federated rounds per measurement")
     ap.add_argument("--repeats", type=int, default=3, help="timed (A, B) pairs after one warm-up each")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON result file")
@@ -211,6 +229,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    load_start = _loadavg()
     cfg: Config = load_config(args.config, [*args.set, f"threads={args.threads}"])
     torch.set_num_threads(args.threads)
 
@@ -220,7 +239,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_build = time.perf_counter()
     exp = Experiment.build(cfg, progress=False)
     t_build = time.perf_counter() - t_build
-    init = exp.initial_state()
+    if exp.spec.name != "fedgen":
+        raise SystemExit(f"overhead: benchmarks algorithm 'fedgen' (LoRA), not {exp.spec.name!r}")
+    init = exp.init  # round-0 global adapter (PEFT init for the run's seed)
     m = max(1, int(round(cfg.fl.fraction * cfg.data.num_clients)))
     n_steps = expected_steps(exp, args.rounds)
     print(
@@ -229,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     # Untimed warm-up of each variant; it also checks step counts and equivalence.
-    counter = _CountingRuntime(exp.client, exp.data, cfg.seed)
+    counter = _CountingRuntime(client_logic(exp), exp.data, cfg.seed)
     fed_ref = run_federated(exp, init, args.rounds, counter)
     bare_ref, bare_steps = run_bare(exp, init, args.rounds)
     if not counter.steps == bare_steps == n_steps:
@@ -273,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "goal": GOAL,
         "max_abs_diff": diff,
         "torch": torch.__version__,
-        "machine": machine_info(args.threads),
+        "machine": machine_info(args.threads, load_start),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out = Path(args.out)

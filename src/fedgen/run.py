@@ -275,15 +275,6 @@ def client_logic(exp: Experiment):
     return FedAvgClient(exp.client)
 
 
-def personal_state_fn(exp: Experiment, logic, global_state: State):
-    """Client k's personalized model during federation, or None when the algorithm keeps none."""
-    if isinstance(logic, FedPerClient):
-        return lambda k: logic.personal_state(global_state, k)
-    if isinstance(logic, DittoClient):
-        return lambda k: logic.kept.get(k, global_state)
-    return None
-
-
 # ------------------------------------------------------------------------------ main entry
 
 
@@ -362,9 +353,7 @@ def _run_federated(exp, rd, done, state, kept, counters, t0, prior_wall, stop_af
     logic = client_logic(exp)
     logic.kept.update(kept)
     if state is None:
-        state = exp.init
-        if isinstance(logic, FedPerClient):
-            state = {k: v for k, v in state.items() if k not in logic.personal_keys}
+        state = logic.server_part(exp.init)
     counters = {"upload_bytes_total": 0, "download_bytes_total": 0, **counters}
     upload_params = num_params(state)
     last_round = min(f.rounds, stop_after) if stop_after is not None else f.rounds
@@ -388,7 +377,7 @@ def _run_federated(exp, rd, done, state, kept, counters, t0, prior_wall, stop_af
         if rec.round % cfg.eval.local_every == 0 or final:
             if exp.spec.has_global:
                 row["local_test_ppl"] = _dist(list(exp.evaluate_local(lambda k: new_state).values()))
-            personal = personal_state_fn(exp, logic, new_state)
+            personal = logic.personalized(new_state)
             if personal is not None:
                 row["local_test_ppl_personalized"] = _dist(list(exp.evaluate_local(personal).values()))
         row["wall_seconds"] = round(prior_wall + time.time() - t0, 2)
@@ -419,7 +408,7 @@ def _run_federated(exp, rd, done, state, kept, counters, t0, prior_wall, stop_af
         return None
     if exp.spec.personalized == "finetune":
         return state, personalize(exp, state, rd, progress)
-    personal = personal_state_fn(exp, logic, state)
+    personal = logic.personalized(state)
     pers = None
     if personal is not None:
         pers = _personalization_report(exp, rd, state if exp.spec.has_global else None, personal, logic.kept)

@@ -68,30 +68,44 @@ class FedAvgClient:
     def fit(self, state: State, data: ClientData, seed: int) -> FitResult:
         return self.client.fit(state, data, seed)
 
+    def personalized(self, global_state: State):
+        """Client k's personalized model (``k -> state``), or None when clients keep none."""
+        return None
 
-class FedPerClient:
+    def server_part(self, state: State) -> State:
+        """The part of a full client state that the server holds and averages."""
+        return state
+
+
+class FedPerClient(FedAvgClient):
     """Shared layers come from the server; personal layers stay here and are never uploaded."""
 
     def __init__(self, client: Client, personal_keys: list[str], init_personal: State):
         self.client, self.personal_keys, self.init = client, set(personal_keys), init_personal
         self.kept: dict[int, State] = {}
 
-    def personal_state(self, shared: State, k: int) -> State:
-        return {**shared, **self.kept.get(k, self.init)}
+    def personalized(self, shared: State):
+        return lambda k: {**shared, **self.kept.get(k, self.init)}
+
+    def server_part(self, state: State) -> State:
+        return {k: v for k, v in state.items() if k not in self.personal_keys}
 
     def fit(self, shared: State, data: ClientData, seed: int) -> FitResult:
-        r = self.client.fit(self.personal_state(shared, data.client_id), data, seed)
+        r = self.client.fit(self.personalized(shared)(data.client_id), data, seed)
         self.kept[data.client_id] = {k: v for k, v in r.state.items() if k in self.personal_keys}
         upload = {k: v for k, v in r.state.items() if k not in self.personal_keys}
         return FitResult(r.client_id, upload, r.num_examples, r.metrics)
 
 
-class DittoClient:
+class DittoClient(FedAvgClient):
     """Upload the locally trained global adapter; keep a personal one pulled towards it."""
 
     def __init__(self, client: Client, lam: float):
         self.client, self.lam = client, lam
         self.kept: dict[int, State] = {}
+
+    def personalized(self, w: State):
+        return lambda k: self.kept.get(k, w)  # never-sampled clients use the global adapter
 
     def fit(self, w: State, data: ClientData, seed: int) -> FitResult:
         k = data.client_id
