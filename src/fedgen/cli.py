@@ -80,24 +80,13 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     from fedgen.config import load_config
-    from fedgen.run import Experiment
-    from fedgen.rundir import read_state
+    from fedgen.run import Experiment, saved_model_state
 
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
         raise FedgenError(f"{run} is not a run directory (no config.yaml)")
-    cfg = load_config(run / "config.yaml")
-    which = run / "global" if args.client is None else run / "clients" / f"client_{args.client:03d}"
-    if not which.is_dir():
-        raise FedgenError(
-            f"{which} does not exist (this algorithm keeps no such model, or the run is unfinished)"
-        )
-    exp = Experiment.build(cfg, progress=False)
-    state = dict(exp.init)
-    for part in (run / "global", which):  # FedPer: shared layers + the client's personal ones
-        if part.is_dir():
-            state.update(read_state(part))
-    exp.params.load(state)
+    exp = Experiment.build(load_config(run / "config.yaml"), progress=False)
+    exp.params.load(saved_model_state(exp, run, args.client))
     for i in range(args.num):
         text = exp.task.sample(
             exp.params.model,

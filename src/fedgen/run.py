@@ -342,10 +342,47 @@ def run_experiment(
         write_state(rd.path / "global", final_state, exp.peft_model)
     summary = make_summary(exp, rd, pers, round(prior_wall + time.time() - t0, 2))
     rd.write_json("summary.json", summary)
+    rd.write_json("samples.json", text_samples(exp, rd))
     from fedgen.report.text import write_report
 
     write_report(rd.path, summary, rd.read_metrics(), pers)
     return summary
+
+
+def saved_model_state(exp: Experiment, run_dir: Path, client: int | None = None) -> State:
+    """A finished run's global model (``client=None``) or one client's personalized model."""
+    from fedgen.rundir import read_state
+
+    which = run_dir / "global" if client is None else run_dir / "clients" / f"client_{client:03d}"
+    if not which.is_dir():
+        raise FedgenError(
+            f"{which} does not exist (this algorithm keeps no such model, or the run is unfinished)"
+        )
+    state = dict(exp.init)
+    for part in (run_dir / "global", which):  # FedPer: shared layers + the client's personal ones
+        if part.is_dir():
+            state.update(read_state(part))
+    return state
+
+
+SAMPLE_PROMPTS = ("the company said", "in new york")
+
+
+def text_samples(exp: Experiment, rd: RunDir, clients: tuple[int, ...] = (0, 1)) -> dict[str, list[str]]:
+    """Sampled continuations (temperature 1, top-k 40, fixed seeds) from the run's models."""
+    out: dict[str, list[str]] = {}
+    names = [("global", None)] + [(f"client {k} (personalized)", k) for k in clients]
+    for label, k in names:
+        try:
+            state = saved_model_state(exp, rd.path, k)
+        except FedgenError:
+            continue
+        exp.params.load(state)
+        out[label] = [
+            exp.task.sample(exp.params.model, p, max_new_tokens=25, seed=i)
+            for i, p in enumerate(SAMPLE_PROMPTS)
+        ]
+    return out
 
 
 def _run_federated(exp, rd, done, state, kept, counters, t0, prior_wall, stop_after, progress):

@@ -113,6 +113,13 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
             parts += ["", f"Personalization lowered PPL for {pers['improved_fraction']:.0%} of clients.", ""]
     if plot:
         parts += ["## Convergence", "", f"![convergence]({plot.name})", ""]
+    samples_file = run_dir / "samples.json"
+    if samples_file.is_file():
+        import json
+
+        parts += ["## Samples (temperature 1.0, top-k 40)", ""]
+        for who, texts in json.loads(samples_file.read_text()).items():
+            parts += [f"**{who}**", ""] + [f"- {t}" for t in texts] + [""]
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))
     return out
