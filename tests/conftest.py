@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,3 +73,49 @@ def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
 def shared_root(tmp_path_factory) -> Path:
     """One output root per test session, so the tiny backbone is pre-trained once."""
     return tmp_path_factory.mktemp("fedgen-runs")
+
+
+# ------------------------------------------------------------------ local HTTP mirrors (never the internet)
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)  # type: ignore[attr-defined]
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Mirror:
+    """A local HTTP server: its base URL (no trailing slash) and the paths requested so far."""
+
+    url: str
+    requests: list[str]
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    """serve(folder) -> Mirror for a local HTTP server on 127.0.0.1 that serves ``folder``."""
+    servers = []
+
+    def start(folder: Path) -> Mirror:
+        handler = functools.partial(_CountingHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.requests = []  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return Mirror(f"http://127.0.0.1:{server.server_address[1]}", server.requests)  # type: ignore[attr-defined]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port() -> int:
+    """A local port with nothing listening on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import shutil
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import closed_port
 from fedgen.data import ptb
 from fedgen.data.ptb import EOS, UNK, Vocab, data_root, fetch_ptb, load_ptb, read_sentences, verify_ptb
 from fedgen.errors import DataError
@@ -44,35 +40,6 @@ def synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         files[split] = (name, hashlib.sha256(data).hexdigest())
     monkeypatch.setattr(ptb, "PTB_FILES", files)
     return tmp_path
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def serve() -> Iterator:
-    """serve(folder) -> base URL of a local HTTP server on 127.0.0.1 that serves that folder."""
-    servers = []
-
-    def start(folder: Path) -> str:
-        handler = functools.partial(_QuietHandler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------- data_root
@@ -192,7 +159,7 @@ def test_vocab_load_rejects_missing_or_duplicate_entries(tmp_path: Path) -> None
 def test_fetch_downloads_verifies_and_then_skips_valid_files(
     synthetic: Path, tmp_path_factory: pytest.TempPathFactory, serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = serve(synthetic / "ptb")
+    url = serve(synthetic / "ptb").url + "/"
     target = tmp_path_factory.mktemp("target")
     paths = fetch_ptb(target, base_url=url, timeout=5)
     assert paths == verify_ptb(target)
@@ -204,14 +171,14 @@ def test_fetch_downloads_verifies_and_then_skips_valid_files(
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and all("downloaded" in line for line in out)
     # Second call: nothing to download, even with the server gone.
-    fetch_ptb(target, base_url=f"http://127.0.0.1:{_closed_port()}/", timeout=5)
+    fetch_ptb(target, base_url=f"http://127.0.0.1:{closed_port()}/", timeout=5)
     assert all("skipped" in line for line in capsys.readouterr().out.splitlines())
 
 
 def test_fetch_with_force_downloads_again(
     synthetic: Path, tmp_path_factory: pytest.TempPathFactory, serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = serve(synthetic / "ptb")
+    url = serve(synthetic / "ptb").url + "/"
     target = tmp_path_factory.mktemp("target")
     fetch_ptb(target, base_url=url, timeout=5)
     capsys.readouterr()
@@ -222,7 +189,7 @@ def test_fetch_with_force_downloads_again(
 def test_fetch_replaces_a_corrupt_local_file(
     synthetic: Path, tmp_path_factory: pytest.TempPathFactory, serve
 ) -> None:
-    url = serve(synthetic / "ptb")
+    url = serve(synthetic / "ptb").url + "/"
     target = tmp_path_factory.mktemp("target")
     (target / "ptb").mkdir()
     (target / "ptb" / "ptb.train.txt").write_bytes(b"garbage\n")
@@ -238,13 +205,13 @@ def test_fetch_of_a_wrong_file_raises_and_leaves_nothing_behind(
         (wrong / name).write_bytes(b" not the canonical file \n")
     target = tmp_path_factory.mktemp("target")
     with pytest.raises(DataError, match="wrong checksum") as exc:
-        fetch_ptb(target, base_url=serve(wrong), timeout=5)
+        fetch_ptb(target, base_url=serve(wrong).url + "/", timeout=5)
     assert "ptb.train.txt" in str(exc.value)
     assert list((target / "ptb").iterdir()) == []
 
 
 def test_fetch_from_an_unreachable_server_raises_with_url_and_manual_copy_hint(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}/data/"
+    url = f"http://127.0.0.1:{closed_port()}/data/"
     with pytest.raises(DataError, match="Could not download") as exc:
         fetch_ptb(tmp_path, base_url=url, timeout=5)
     msg = str(exc.value)
@@ -258,7 +225,7 @@ def test_fetch_of_a_missing_remote_file_raises_with_http_status(
 ) -> None:
     empty = tmp_path_factory.mktemp("empty")
     with pytest.raises(DataError, match="404"):
-        fetch_ptb(tmp_path_factory.mktemp("target"), base_url=serve(empty), timeout=5)
+        fetch_ptb(tmp_path_factory.mktemp("target"), base_url=serve(empty).url + "/", timeout=5)
 
 
 # --------------------------------------------------------------------------------------------- real data
@@ -292,5 +259,5 @@ def test_real_ptb_downloads_from_a_local_mirror(data_root: Path, tmp_path: Path,
     mirror.mkdir()
     for name, _ in ptb.PTB_FILES.values():
         shutil.copyfile(data_root / "ptb" / name, mirror / name)
-    paths = fetch_ptb(tmp_path / "root", base_url=serve(mirror), timeout=10)
+    paths = fetch_ptb(tmp_path / "root", base_url=serve(mirror).url + "/", timeout=10)
     assert paths == verify_ptb(tmp_path / "root")

@@ -2,62 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import socket
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import closed_port
 from fedgen.data import corpus
 from fedgen.data.corpus import PRETRAIN_MANIFEST, PretrainDownload, fetch_pretrain, pretrain_files
 from fedgen.errors import DataError
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-class _CountingHandler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)  # type: ignore[attr-defined]
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Mirror:
-    def __init__(self, url: str, requests: list[str]):
-        self.url = url
-        self.requests = requests
-
-
-@pytest.fixture
-def serve() -> Iterator:
-    """serve(folder) -> _Mirror(url, requests) for a local HTTP server on 127.0.0.1 serving that folder."""
-    servers = []
-
-    def start(folder: Path) -> _Mirror:
-        handler = functools.partial(_CountingHandler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.requests = []  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return _Mirror(f"http://127.0.0.1:{server.server_address[1]}", server.requests)  # type: ignore[attr-defined]
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _build_mirror(mirror: Path, manifest: tuple[PretrainDownload, ...], data: dict[str, bytes]) -> None:
@@ -265,7 +221,7 @@ def test_http_error_and_closed_port_raise(tiny: None, tmp_path: Path, serve) -> 
     mirror = serve(tmp_path / "empty")
     with pytest.raises(DataError, match=r"Could not download .*/o/plain/c1/dir/README: HTTP Error 404"):
         fetch_pretrain(tmp_path / "root", base_url=mirror.url, timeout=5)
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(DataError, match=rf"Could not download {url}/o/plain/c1/dir/README: .*by hand"):
         fetch_pretrain(tmp_path / "root", base_url=url, timeout=5)
     assert _leftovers(tmp_path / "root" / "pretrain") == []
