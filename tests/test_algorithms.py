@@ -129,6 +129,12 @@ def test_paper_config_upload_arithmetic():
     assert upload_total_formula(500, 10, full) / upload_total_formula(500, 10, lora) == full / lora
 
 
+def test_paper_traffic_arithmetic():
+    """The quoted 16.2 GB over 500 rounds is a ~0.4M-parameter adapter's traffic, not an 85M model's."""
+    assert 2 * upload_total_formula(500, 10, 405_000) == 16_200_000_000  # up + down, 0.405M LoRA params
+    assert upload_total_formula(500, 10, 85_000_000) == 1_700_000_000_000  # 85M params, upload only
+
+
 def test_compare_tabulates_mean_and_std_and_skips_finished_runs(shared_root, data_root, monkeypatch):
     cfg = config_from_dict(raw_for(shared_root, data_root, "fedgen"))
     out = shared_root / "cmp"
