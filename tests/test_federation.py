@@ -213,3 +213,27 @@ def test_cli_generates_text_from_global_and_personalized_adapters(finished, caps
     assert main(["generate", "--run", str(run), "--client", "2", "--prompt", "the market", "--num", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("the market") for line in lines)
+
+
+def test_cli_report_rewrites_the_report_of_a_finished_run(finished, capsys):
+    run, _ = finished
+    (run / "report.md").unlink()
+    assert main(["report", "--run", str(run)]) == 0
+    assert "| PTB test PPL |" in capsys.readouterr().out and (run / "report.md").is_file()
+
+
+def test_cli_data_partition_prints_statistics_and_topics(shared_root, data_root, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(shared_root, data_root)))
+    assert main(["data", "partition", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "dominant_topic_share_mean" in out and out.count("topic ") >= 4
+
+
+def test_cli_compare_rejects_unknown_algorithms_and_bad_seeds(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    assert main(["compare", "--config", str(cfg), "--algorithms", "fedgen,fedsgd"]) == 2
+    assert main(["compare", "--config", str(cfg), "--seeds", "0,one"]) == 2
+    err = capsys.readouterr().err
+    assert "fedsgd" in err and "--seeds" in err
