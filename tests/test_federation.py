@@ -237,3 +237,32 @@ def test_cli_compare_rejects_unknown_algorithms_and_bad_seeds(tmp_path, capsys):
     assert main(["compare", "--config", str(cfg), "--seeds", "0,one"]) == 2
     err = capsys.readouterr().err
     assert "fedsgd" in err and "--seeds" in err
+
+
+def test_a_public_ptb_slice_can_pretrain_the_backbone_and_no_client_holds_it(shared_root, data_root):
+    from fedgen.data.partition import make_documents
+    from fedgen.data.ptb import load_ptb
+    from fedgen.run import ptb_documents
+
+    raw = tiny_raw(shared_root, data_root, rounds=1)
+    raw["data"]["public_docs"] = 30
+    raw["pretrain"].update(sources=["ptb-public"], steps=20)
+    raw["personalize"] = {"enabled": False}
+    cfg = config_from_dict(raw)
+    ptb = load_ptb(data_root)
+    public, docs = ptb_documents(cfg, ptb)
+    every = make_documents(ptb.train, 20)
+    assert public == every[:30] and docs == every[30:150]  # consecutive, disjoint slices of PTB train
+    s = run_experiment(cfg, shared_root / "public-slice", progress=False)
+    assert s["rounds"] == 1 and backbone_path(cfg).name.endswith("-ptb30x20")
+    meta = json.loads((backbone_path(cfg) / "fedgen_backbone.json").read_text())
+    assert meta["corpus"]["sources"] == ["ptb-public"] and meta["corpus"]["sentences"] == 600
+
+
+def test_ptb_public_source_needs_a_public_slice(shared_root, data_root):
+    from fedgen.errors import ConfigError
+
+    raw = tiny_raw(shared_root, data_root)
+    raw["pretrain"]["sources"] = ["ptb-public"]
+    with pytest.raises(ConfigError, match="public_docs"):
+        config_from_dict(raw)

@@ -37,7 +37,10 @@ class DataConfig:
     num_topics: int = field(default=10, metadata=_range(2, 200))
     doc_sentences: int = field(default=20, metadata=_range(1, 10_000))
     test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
-    # Use only the first N pseudo-documents of PTB train (None = all). For quick runs and tests.
+    # The first N pseudo-documents of PTB train are public: no client holds them, and
+    # pretrain.sources may include "ptb-public" to pre-train the backbone on them.
+    public_docs: int = field(default=0, metadata=_range(0, None))
+    # Give clients only the first N of the remaining pseudo-documents (None = all). Quick runs.
     max_docs: int | None = field(default=None, metadata=_range(1, None))
     lda_max_iter: int = field(default=20, metadata=_range(1, 1000))
 
@@ -266,6 +269,13 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(
             f"config algorithm.fedper_personal_blocks: must be < model.n_layer={cfg.model.n_layer} "
             "(something must stay shared)"
+        )
+    known = {"gutenberg", "us-presidential-addresses", "wikitext-2-valid-test", "ptb-public"}
+    if not cfg.pretrain.sources or set(cfg.pretrain.sources) - known:
+        raise ConfigError(f"config pretrain.sources: expected a non-empty subset of {sorted(known)}")
+    if "ptb-public" in cfg.pretrain.sources and cfg.data.public_docs == 0:
+        raise ConfigError(
+            "config pretrain.sources: 'ptb-public' needs data.public_docs > 0 (the public slice)"
         )
     allowed = {"q_proj", "k_proj", "v_proj"}
     if not cfg.lora.targets or set(cfg.lora.targets) - allowed:

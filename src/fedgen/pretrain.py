@@ -33,12 +33,43 @@ def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def public_text(cfg: Config, ptb) -> tuple[list[list[str]], dict]:
+    """The pre-training sentences (public corpus and/or PTB's public slice) and their statistics."""
+    corpus = [s for s in cfg.pretrain.sources if s != "ptb-public"]
+    sentences, stats = (
+        load_pretrain_corpus(cfg.data.dir, ptb.vocab, corpus) if corpus else ([], {"sources": {}})
+    )
+    if "ptb-public" in cfg.pretrain.sources:
+        from fedgen.run import ptb_documents
+
+        public = [s for doc in ptb_documents(cfg, ptb)[0] for s in doc]
+        words = sum(len(s) - 1 for s in public)
+        stats["sources"]["ptb-public"] = {
+            "documents": cfg.data.public_docs,
+            "sentences": len(public),
+            "words": words,
+            "tokens": words + len(public),
+            "oov_rate": 0.0,
+        }
+        sentences = sentences + public
+    per = stats["sources"].values()
+    words = sum(v["words"] for v in per)
+    oov = sum(v["oov_rate"] * v["words"] for v in per)
+    stats.update(
+        sentences=len(sentences),
+        words=words,
+        tokens=sum(v["tokens"] for v in per),
+        oov_rate=oov / words if words else 0.0,
+    )
+    return sentences, stats
+
+
 def pretrain_backbone(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     """Train a GPT-2 LM from scratch on the public corpus; save it to ``out``; return the path."""
     t0 = time.time()
     ptb = load_ptb(cfg.data.dir)
-    sentences, corpus_stats = load_pretrain_corpus(cfg.data.dir, ptb.vocab, cfg.pretrain.sources)
     m, p = cfg.model, cfg.pretrain
+    sentences, corpus_stats = public_text(cfg, ptb)
     task = TextTask(ptb.vocab, m.context)
     examples = task.examples(task.stream(sentences))
     model = build_gpt(

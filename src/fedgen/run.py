@@ -88,6 +88,8 @@ def backbone_path(cfg: Config) -> Path:
         return Path(cfg.model.backbone)
     m = cfg.model
     key = Config(model=cfg.model, pretrain=cfg.pretrain).digest("model", "pretrain")
+    if "ptb-public" in cfg.pretrain.sources:  # the slice itself is part of the pre-training data
+        key += f"-ptb{cfg.data.public_docs}x{cfg.data.doc_sentences}"
     return Path(cfg.output.root) / "backbones" / f"gpt-{m.n_layer}x{m.n_embd}x{m.n_head}-ctx{m.context}-{key}"
 
 
@@ -106,12 +108,20 @@ def ensure_backbone(cfg: Config, progress: bool = True) -> Path:
     return pretrain_backbone(cfg, path, progress)
 
 
-def load_partition(cfg: Config, ptb: PTB) -> tuple[list, Partition]:
-    """Pseudo-documents of PTB train and their client partition (cached by its parameters)."""
+def ptb_documents(cfg: Config, ptb: PTB) -> tuple[list, list]:
+    """PTB train as pseudo-documents: (public slice no client holds, the clients' documents)."""
     d = cfg.data
     docs = make_documents(ptb.train, d.doc_sentences)
+    public, docs = docs[: d.public_docs], docs[d.public_docs :]
     if d.max_docs is not None:
         docs = docs[: d.max_docs]
+    return public, docs
+
+
+def load_partition(cfg: Config, ptb: PTB) -> tuple[list, Partition]:
+    """The clients' pseudo-documents of PTB train and their partition (cached by its parameters)."""
+    d = cfg.data
+    _, docs = ptb_documents(cfg, ptb)
     key = Config(seed=cfg.seed, data=cfg.data).digest("seed", "data")
     cache = Path(cfg.output.root) / "cache" / f"partition-{d.partition}-{key}.json"
     if cache.is_file():
