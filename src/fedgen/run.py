@@ -44,7 +44,7 @@ from fedgen.fl.server import RoundRecord, federate
 from fedgen.models.gpt import count_params, freeze, load_backbone
 from fedgen.models.lora import add_lora
 from fedgen.models.params import ParamSet, State
-from fedgen.rundir import RunDir, write_state
+from fedgen.rundir import RunDir, read_state, write_state
 from fedgen.runtime.simulate import InProcessRuntime
 from fedgen.tasks.text import TextTask
 
@@ -361,8 +361,6 @@ def run_experiment(
 
 def saved_model_state(exp: Experiment, run_dir: Path, client: int | None = None) -> State:
     """A finished run's global model (``client=None``) or one client's personalized model."""
-    from fedgen.rundir import read_state
-
     which = run_dir / "global" if client is None else run_dir / "clients" / f"client_{client:03d}"
     if not which.is_dir():
         raise FedgenError(
