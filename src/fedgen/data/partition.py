@@ -10,6 +10,11 @@ to topics with documents left) and taking the next unassigned document of that
 topic. Every document goes to exactly one client; client sizes differ by at most
 one document. Each client then splits its documents 80/20 into local train/test.
 Small alpha -> each client holds one or two topics; large alpha -> close to IID.
+
+Labelled data (images) uses the standard label-Dirichlet scheme instead (:func:`label_dirichlet_partition`,
+:func:`build_label_partition`): for each class, client shares ~ Dirichlet(alpha) and that class's examples
+are cut accordingly, resampled until every client holds at least ``min_size`` examples. Client sizes
+then differ widely at small alpha. The same local train/test split follows.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fedgen.errors import ConfigError
 
 Sentence = list[str]
 Document = list[Sentence]
@@ -91,6 +98,41 @@ def train_test_split(doc_ids: list[int], test_fraction: float, seed: int) -> tup
     return sorted(int(i) for i in ids[n_test:]), sorted(int(i) for i in ids[:n_test])
 
 
+def label_dirichlet_partition(
+    labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 10, max_tries: int = 1000
+) -> list[list[int]]:
+    """Per class, split its examples over clients in proportions ~ Dirichlet(alpha); sorted index lists.
+
+    The whole draw is repeated (same RNG stream, so deterministic for a seed) until every client holds at
+    least ``min_size`` examples; after ``max_tries`` draws a :class:`ConfigError` says what to change.
+    """
+    labels = np.asarray(labels)
+    if alpha <= 0 or num_clients < 1:
+        raise ConfigError(
+            f"label Dirichlet partition needs alpha > 0 and num_clients >= 1 (got {alpha}, {num_clients})"
+        )
+    if num_clients * min_size > len(labels):
+        raise ConfigError(
+            f"label Dirichlet partition: {num_clients} clients x min_size {min_size} needs at least "
+            f"{num_clients * min_size} examples, only {len(labels)} given; lower num_clients or min_size"
+        )
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    for _ in range(max_tries):
+        clients: list[list[int]] = [[] for _ in range(num_clients)]
+        for idx in by_class:
+            idx = rng.permutation(idx)
+            cuts = (np.cumsum(rng.dirichlet(np.full(num_clients, alpha))) * len(idx)).astype(int)[:-1]
+            for k, part in enumerate(np.split(idx, cuts)):
+                clients[k].extend(int(i) for i in part)
+        if min(map(len, clients)) >= min_size:
+            return [sorted(c) for c in clients]
+    raise ConfigError(
+        f"label Dirichlet partition: no draw in {max_tries} gave all {num_clients} clients >= {min_size} "
+        f"examples (alpha={alpha}, {len(labels)} examples); raise alpha, or lower num_clients or min_size"
+    )
+
+
 @dataclass
 class ClientSplit:
     client_id: int
@@ -119,13 +161,26 @@ class Partition:
         return cls(**d)
 
 
+def _local_splits(assignment: list[list[int]], test_fraction: float, seed: int) -> list[ClientSplit]:
+    """Each client's local train/test split (client k's split seed is ``seed * 100_003 + k``)."""
+    return [
+        ClientSplit(k, *train_test_split(ids, test_fraction, seed * 100_003 + k))
+        for k, ids in enumerate(assignment)
+    ]
+
+
+def _composition(c: ClientSplit, doc_topics: list[int]) -> tuple[Counter, float]:
+    """A client's topic/class counts (train + test) and the share of its most common one."""
+    docs = c.train_docs + c.test_docs
+    counts = Counter(doc_topics[d] for d in docs)
+    return counts, (max(counts.values()) / len(docs) if docs else 0.0)
+
+
 def partition_stats(clients: list[ClientSplit], doc_topics: list[int], doc_tokens: list[int]) -> dict:
     """Per-client docs/tokens and topic skew, with summary figures."""
     rows = []
     for c in clients:
-        docs = c.train_docs + c.test_docs
-        counts = Counter(doc_topics[d] for d in docs)
-        top_share = max(counts.values()) / len(docs) if docs else 0.0
+        counts, top_share = _composition(c, doc_topics)
         rows.append(
             {
                 "client": c.client_id,
@@ -181,10 +236,7 @@ def build_partition(
         assignment = iid_partition(len(docs), num_clients, seed)
     else:
         raise ValueError(f"unknown partition scheme {scheme!r}")
-    clients = []
-    for k, ids in enumerate(assignment):
-        tr, te = train_test_split(ids, test_fraction, seed * 100_003 + k)
-        clients.append(ClientSplit(k, tr, te))
+    clients = _local_splits(assignment, test_fraction, seed)
     doc_tokens = [sum(len(s) for s in d) for d in docs]
     topic_list = [int(t) for t in topics]
     return Partition(
@@ -201,4 +253,90 @@ def build_partition(
         doc_topics=topic_list,
         topic_words=top_words,
         stats=partition_stats(clients, topic_list, doc_tokens),
+    )
+
+
+def label_partition_stats(clients: list[ClientSplit], labels: list[int]) -> dict:
+    """Per-client examples per class and class skew; summary incl. the classes-per-client histogram.
+
+    ``num_classes`` counts every class a client holds at all (even one stray example); ``num_major_classes``
+    only those with at least 5% of the client's examples.
+    """
+    rows = []
+    for c in clients:
+        counts, top_share = _composition(c, labels)
+        rows.append(
+            {
+                "client": c.client_id,
+                "examples_train": len(c.train_docs),
+                "examples_test": len(c.test_docs),
+                "dominant_class_share": round(top_share, 4),
+                "num_classes": len(counts),
+                "num_major_classes": sum(n >= 0.05 * max(counts.total(), 1) for n in counts.values()),
+                "classes": {str(t): n for t, n in sorted(counts.items())},
+            }
+        )
+    shares = np.array([r["dominant_class_share"] for r in rows])
+    num_classes = np.array([r["num_classes"] for r in rows])
+    sizes = np.array([r["examples_train"] + r["examples_test"] for r in rows])
+    return {
+        "clients": rows,
+        "summary": {
+            "num_clients": len(rows),
+            "num_examples": len(labels),
+            "dominant_class_share_mean": float(shares.mean()),
+            "dominant_class_share_median": float(np.median(shares)),
+            "classes_per_client_mean": float(num_classes.mean()),
+            "classes_per_client_hist": {str(k): n for k, n in sorted(Counter(num_classes.tolist()).items())},
+            "major_classes_per_client_mean": float(np.mean([r["num_major_classes"] for r in rows])),
+            "examples_min": int(sizes.min()),
+            "examples_median": float(np.median(sizes)),
+            "examples_max": int(sizes.max()),
+            "class_sizes": {str(t): n for t, n in sorted(Counter(labels).items())},
+        },
+    }
+
+
+def build_label_partition(
+    labels: np.ndarray,
+    *,
+    num_clients: int,
+    alpha: float,
+    test_fraction: float,
+    seed: int,
+    scheme: str = "dirichlet",
+    min_size: int = 10,
+    class_names: list[str] | None = None,
+) -> Partition:
+    """Partition labelled examples (``scheme`` = "dirichlet" or "iid") and split each client 80/20.
+
+    Clients' ``train_docs``/``test_docs`` are positions in ``labels`` (for a client pool ``pool`` of a
+    larger array, pass ``labels[pool]`` and map back with ``pool[ids]``); ``doc_topics`` are the labels.
+    """
+    labels = np.asarray(labels)
+    if scheme == "dirichlet":
+        assignment = label_dirichlet_partition(labels, num_clients, alpha, seed, min_size)
+    elif scheme == "iid":
+        if num_clients > len(labels):
+            raise ConfigError(f"{num_clients} clients but only {len(labels)} examples; lower num_clients")
+        assignment = iid_partition(len(labels), num_clients, seed)
+    else:
+        raise ValueError(f"unknown label partition scheme {scheme!r}")
+    clients = _local_splits(assignment, test_fraction, seed)
+    label_list = [int(y) for y in labels]
+    return Partition(
+        scheme=scheme,
+        params={
+            "num_clients": num_clients,
+            "alpha": alpha,
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "num_examples": len(labels),
+            "scheme": scheme,
+            "min_size": min_size,
+        },
+        clients=clients,
+        doc_topics=label_list,
+        topic_words=[[name] for name in class_names] if class_names else [],
+        stats=label_partition_stats(clients, label_list),
     )

@@ -58,6 +58,18 @@ def fedper_personal_keys(keys: list[str], n_layer: int, personal_blocks: int) ->
     return [k for k in keys if k.startswith(prefixes) or k.startswith("transformer.ln_f.")]
 
 
+GAN_GENERATOR_BLOCKS = (("net.0.", "net.1."), ("net.3.", "net.4."), ("net.6.", "net.7."), ("net.9.",))
+
+
+def fedper_gan_personal_keys(keys: list[str], personal_blocks: int) -> list[str]:
+    """FedPer on the conditional GAN: the generator's last ``personal_blocks`` (transposed conv +
+    BatchNorm) blocks and the discriminator's head (output conv + class projection)."""
+    blocks = GAN_GENERATOR_BLOCKS[len(GAN_GENERATOR_BLOCKS) - personal_blocks :]
+    prefixes = tuple(f"generator.{p}" for b in blocks for p in b)
+    prefixes += ("discriminator.head.", "discriminator.embed.")
+    return [k for k in keys if k.startswith(prefixes)]
+
+
 class FedAvgClient:
     """Train the received state, upload all of it (FedGen-Edge, FedAvg-full)."""
 

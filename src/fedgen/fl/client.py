@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,15 +30,16 @@ class LocalTrainConfig:
     lr: float
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
 
 
 @dataclass
 class ClientData:
-    """One client's local data: training examples and a held-out token stream."""
+    """One client's local data: training examples and held-out evaluation data (task-defined)."""
 
     client_id: int
-    train: torch.Tensor  # task examples, e.g. [n, context + 1] token windows
-    test: torch.Tensor  # evaluation stream
+    train: Any  # task examples with len(): [n, context + 1] token windows, or Images
+    test: Any  # evaluation data: a token stream, or Images
 
 
 @dataclass
@@ -52,24 +54,28 @@ def local_train(
     task,
     model: nn.Module,
     params: Sequence[nn.Parameter],
-    examples: torch.Tensor,
+    examples: Any,
     cfg: LocalTrainConfig,
     seed: int,
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    before_step: Callable[[Any], float] | None = None,
 ) -> dict[str, float]:
     """Train ``params`` for ``cfg.epochs`` epochs with AdamW; every other parameter stays frozen.
 
-    ``extra_loss`` (e.g. a proximal term) is added to the task loss at each step.
+    ``extra_loss`` (e.g. a proximal term) is added to the task loss at each step;
+    ``before_step(batch)`` runs before each step (the GAN task's discriminator step).
     Returns the mean loss of the last epoch and the number of optimiser steps.
     """
-    torch.manual_seed(seed)  # dropout masks
+    torch.manual_seed(seed)  # dropout masks, GAN noise
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     model.train()
     steps, last_epoch_loss = 0, float("nan")
     for _ in range(cfg.epochs):
         total, count = 0.0, 0
         for batch in task.batches(examples, cfg.batch_size, g):
+            if before_step is not None:
+                before_step(batch)
             loss = task.loss(model, batch)
             if extra_loss is not None:
                 loss = loss + extra_loss()
@@ -118,9 +124,12 @@ class Client:
             def extra() -> torch.Tensor:
                 return 0.5 * lam * sum(((p - a) ** 2).sum() for p, a in pairs)
 
-        metrics = local_train(self.task, self.model, self.params.parameters(), data.train, cfg, seed, extra)
+        named = self.params.params
+        trained = self.task.loss_params(named) if hasattr(self.task, "loss_params") else list(named.values())
+        aux = self.task.begin_local(self.model, named, cfg) if hasattr(self.task, "begin_local") else None
+        metrics = local_train(self.task, self.model, trained, data.train, cfg, seed, extra, aux)
         return FitResult(data.client_id, self.params.state(), len(data.train), metrics)
 
-    def evaluate(self, state: State, ids: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    def evaluate(self, state: State, data: Any, batch_size: int = 64, **kw) -> dict[str, float]:
         self.params.load(state)
-        return self.task.evaluate(self.model, ids, batch_size)
+        return self.task.evaluate(self.model, data, batch_size, **kw)

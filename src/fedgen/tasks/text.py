@@ -24,6 +24,8 @@ class TextTask:
     """The text task's half of the Task interface: examples, loss, evaluation, sampling."""
 
     name = "text"
+    metric = "ppl"  # the per-client quality figure (lower is better)
+    global_keys = ("ppl",)
 
     def __init__(self, vocab, context: int):
         self.vocab = vocab

@@ -1,0 +1,158 @@
+"""Markdown report and convergence plot of one image (CIFAR-10 GAN) run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedgen.metrics.classifier import FD_CLASSIFIER_LABEL
+from fedgen.report.text import _mb
+
+
+def _f(x: float | None, nd: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def result_table(s: dict) -> str:
+    """The headline table (markdown) of one image run."""
+    b, fid = s["backbone"], s.get("fid", {})
+    split = b.get("params_split") or {}
+    if s["rounds"]:
+        work = f"K={s['num_clients']}, {s['clients_per_round']} per round, {s['rounds']} rounds"
+        upload = (
+            f"{s['bytes_per_upload']:,} bytes per client per round "
+            f"(formula: {s['upload_params'] * 4:,}); total {_mb(s['upload_bytes_total'])}"
+        )
+    else:
+        work = (
+            f"K={s['num_clients']}, {s['local_epochs_equivalent']} epochs (same sample passes as federated)"
+        )
+        upload = s.get("upload_note") or "0"
+    local = f"{_f(s['local_test_fdc_initial_mean'])} (backbone)"
+    if s.get("local_test_fdc_global_mean") is not None:
+        local += f" -> {_f(s['local_test_fdc_global_mean'])} (global)"
+    if s.get("local_test_fdc_personalized_mean") is not None:
+        local += f" -> {_f(s['local_test_fdc_personalized_mean'])} (personalized)"
+    rows = [
+        ("Algorithm", s["algorithm"]),
+        (
+            "Backbone",
+            f"{b['source']}: G {split.get('generator', 0):,} + D {split.get('discriminator', 0):,} "
+            f"= {b['params']:,} params",
+        ),
+        (
+            "Trained parameters",
+            f"{s['trained_params']:,}"
+            + (" (LoRA on every generator convolution)" if s.get("adapter_params") else " (full G + D)"),
+        ),
+        ("Clients", work),
+        (
+            f"Test {FD_CLASSIFIER_LABEL}, global",
+            f"{_f(s['test_fdc_initial'])} -> {_f(s['test_fdc_final'])}",
+        ),
+        (
+            "Class accuracy of samples, global",
+            f"{_f(s['test_acc_initial'], 3)} -> {_f(s['test_acc_final'], 3)}",
+        ),
+        (f"Clients' {FD_CLASSIFIER_LABEL} (mean)", local),
+    ]
+    if "global" in fid:
+        g = fid["global"]
+        rows.append(
+            (
+                f"Inception FID / KID, global (N={g['n']})",
+                f"{g['fid']:.2f} / {g['kid']:.4f} +- {g['kid_std']:.4f}; class acc {g['class_acc']:.3f}",
+            )
+        )
+    if "clients" in fid:
+        c = fid["clients"]
+        rows.append(
+            (
+                f"Inception FID-all / FID-avg / KID, clients' {c['models']} models "
+                f"(N={c['n']}, {c['samples_per_client']}/client)",
+                f"{c['fid_all']:.2f} / {c['fid_avg']:.2f} / {c['kid']:.4f}; class acc {c['class_acc']:.3f}",
+            )
+        )
+    rows += [
+        ("Upload", upload),
+        ("Download total", _mb(s["download_bytes_total"])),
+        ("Wall time", f"{s['wall_seconds']:.0f} s"),
+    ]
+    lines = ["| quantity | measured |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
+    """PNG of the global and clients' FD-classifier per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [(m["round"], m["test_fdc"]) for m in metrics if "test_fdc" in m]
+    if pts:
+        ax.plot(*zip(*pts, strict=True), marker="o", label="global vs CIFAR-10 test")
+    for key, label in (
+        ("local_test_fdc", "clients, global model"),
+        ("local_test_fdc_personalized", "clients, personalized"),
+    ):
+        pts = [(m["round"], m[key]["mean"]) for m in metrics if key in m]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="s", label=label + " (mean)")
+    ax.set_xlabel("round")
+    ax.set_ylabel(FD_CLASSIFIER_LABEL)
+    ax.set_title("convergence")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = run_dir / "convergence.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict | None) -> Path:
+    """Write report.md: result table, provenance notes, personalization, convergence, sample grids."""
+    plot = plot_convergence(run_dir, metrics)
+    b = summary["backbone"]
+    parts = [
+        f"# Run `{summary['name']}`: {summary['algorithm']} on CIFAR-10 (seed {summary['seed']})",
+        "",
+        result_table(summary),
+        "",
+        f"> Backbone: **{b['source']}** (not a published checkpoint); see its fedgen_gan.json.",
+        f"> Data: CIFAR-10, {b.get('data_source')}. "
+        + (
+            "FID against this copy is comparable within this project only, not to published CIFAR-10 FIDs."
+            if "jpeg" in str(b.get("data_source"))
+            else ""
+        ),
+        f"> {FD_CLASSIFIER_LABEL}: Frechet distance in the feature space of a small CIFAR-10 classifier "
+        f"(test accuracy {(b.get('classifier') or {}).get('test_accuracy', float('nan')):.3f}) trained by "
+        "fedgen on the train split.",
+        "",
+    ]
+    if pers:
+        parts += [
+            f"## Personalization ({FD_CLASSIFIER_LABEL} per client, lower is better)",
+            "",
+            "| model | mean | median | p10 | p90 |",
+            "|---|---|---|---|---|",
+        ]
+        for key in ("global", "personalized"):
+            if key in pers:
+                d = pers[key]
+                parts.append(
+                    f"| {key} | {d['mean']:.2f} | {d['median']:.2f} | {d['p10']:.2f} | {d['p90']:.2f} |"
+                )
+        if "improved_fraction" in pers:
+            parts += ["", f"Personalization lowered it for {pers['improved_fraction']:.0%} of clients.", ""]
+    if plot:
+        parts += ["## Convergence", "", f"![convergence]({plot.name})", ""]
+    grids = summary.get("grids") or {}
+    if grids:
+        parts += ["## Samples (rows: classes 0-9, 10 samples each)", ""]
+        parts += [f"**{name}**\n\n![{name}](samples/{png})\n" for name, png in grids.items()]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(parts))
+    return out

@@ -1,0 +1,297 @@
+"""The image task: conditional DCGAN, LoRA on transposed convs, a tiny federated GAN on real CIFAR-10."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedgen.cli import main
+from fedgen.config import ConfigError, config_from_dict
+from fedgen.fl.algorithms import fedper_gan_personal_keys
+from fedgen.fl.client import Client, ClientData, LocalTrainConfig
+from fedgen.models.conv_lora import LoraConvTranspose2d, add_generator_lora, load_image_adapter
+from fedgen.models.dcgan import GanConfig, build_gan, count, load_gan, save_gan
+from fedgen.models.lora import save_adapter
+from fedgen.models.params import ParamSet
+from fedgen.run import Experiment, run_experiment
+from fedgen.rundir import read_state
+from fedgen.tasks.image import ClassMixtureReference, Images, ImageTask, stratified_labels
+
+SMALL = GanConfig(nz=16, ngf=8, ndf=8)
+
+
+def _noise(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, SMALL.nz, generator=g), torch.arange(n) % 10
+
+
+def _random_images(n: int, seed: int = 0) -> Images:
+    g = torch.Generator().manual_seed(seed)
+    return Images(torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g), torch.arange(n) % 10)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def test_paper_width_gan_has_about_15m_parameters_and_a_01m_rank4_adapter():
+    gan = build_gan(GanConfig(ngf=100, ndf=100), 0)
+    assert count(gan.generator) == 7_820_500 and count(gan.discriminator) == 6_432_801
+    assert 13e6 < count(gan) < 16e6
+    adapter = ParamSet(add_generator_lora(gan, r=4, alpha=8), "lora")
+    assert adapter.numel() == 102_252  # sum over the 4 transposed convs of in*r*k*k + r*out
+    assert all(".generator." in k for k in adapter.params)
+
+
+def test_generator_output_is_32x32_rgb_in_tanh_range():
+    x = build_gan(SMALL, 0).generator(*_noise())
+    assert x.shape == (6, 3, 32, 32) and x.abs().max() <= 1
+
+
+def test_lora_with_b_zero_leaves_the_generator_output_identical():
+    gan = build_gan(SMALL, 0)
+    z, y = _noise()
+    before = gan.generator(z, y)
+    model = add_generator_lora(gan, r=4, alpha=8)
+    assert sum(isinstance(m, LoraConvTranspose2d) for m in model.modules()) == 4
+    assert torch.equal(model(z, y), before)
+
+
+def test_the_merged_transposed_conv_delta_equals_the_adapter_path():
+    gan = build_gan(SMALL, 0)
+    model = add_generator_lora(gan, r=2, alpha=4)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    z, y = _noise()
+    adapted = model(z, y)
+    merged = model.merge_and_unload()
+    assert torch.allclose(merged.generator(z, y), adapted, atol=1e-5)
+    assert not any(isinstance(m, LoraConvTranspose2d) for m in merged.modules())
+
+
+def test_lora_refuses_transposed_convs_it_cannot_merge():
+    with pytest.raises(ValueError, match="output_padding"):
+        LoraConvTranspose2d(nn.ConvTranspose2d(4, 4, 3, 2, 1, output_padding=1), "default", config=None)
+
+
+def test_adapter_saves_as_a_peft_directory_and_loads_back_with_peft(tmp_path):
+    model = add_generator_lora(build_gan(SMALL, 0), r=2, alpha=4)
+    params = ParamSet(model, "lora")
+    with torch.no_grad():
+        for p in params.params.values():
+            p.normal_(0, 0.05)
+    z, y = _noise()
+    out = model(z, y)
+    save_adapter(model, params.state(), tmp_path / "a")
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }
+    reloaded = load_image_adapter(build_gan(SMALL, 0), tmp_path / "a")
+    assert torch.equal(reloaded(z, y), out)
+
+
+def test_gan_checkpoint_round_trip_and_corruption_is_a_clear_error(tmp_path):
+    gan = build_gan(SMALL, 3)
+    save_gan(gan, tmp_path / "g", {"source": "test"})
+    again, meta = load_gan(tmp_path / "g")
+    assert meta["architecture"]["ngf"] == 8
+    assert all(
+        torch.equal(a, b) for a, b in zip(gan.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+    (tmp_path / "g" / "gan.safetensors").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="corrupt"):
+        load_gan(tmp_path / "g")
+
+
+def test_fedper_keeps_the_last_generator_block_and_the_discriminator_head_personal():
+    keys = list(dict(build_gan(SMALL, 0).named_parameters()))
+    personal = fedper_gan_personal_keys(keys, 1)
+    assert "generator.net.9.weight" in personal and "discriminator.head.weight" in personal
+    assert "generator.net.0.weight" not in personal and "discriminator.features.0.weight" not in personal
+
+
+# ---------------------------------------------------------------------------------------------- task
+
+
+def _task(gan, reset: bool) -> ImageTask:
+    d0 = {k: v.clone() for k, v in gan.discriminator.state_dict().items()} if reset else None
+    return ImageTask(nz=SMALL.nz, num_classes=10, discriminator_init=d0, d_lr=2e-4, betas=(0.5, 0.999))
+
+
+def test_fedgen_local_training_changes_only_generator_lora_and_resets_the_discriminator():
+    gan = build_gan(SMALL, 0)
+    for p in gan.parameters():
+        p.requires_grad_(False)
+    frozen = {k: v.clone() for k, v in gan.state_dict().items()}
+    model = add_generator_lora(gan, r=2, alpha=4)
+    params = ParamSet(model, "lora")
+    task = _task(gan, reset=True)
+    client = Client(task, params, LocalTrainConfig(1, 8, 1e-3, betas=(0.5, 0.999)))
+    data = ClientData(0, _random_images(32), _random_images(8, 1))
+    init = params.state()
+    res = client.fit(init, data, seed=1)
+    assert set(res.state) == set(init) and any(not torch.equal(res.state[k], init[k]) for k in init)
+    for k, v in gan.generator.state_dict().items():  # the backbone generator never moves
+        if "lora_" not in k:
+            assert torch.equal(v, frozen[f"generator.{k}".replace(".base_layer", "")]), k
+    assert any(
+        not torch.equal(v, frozen[f"discriminator.{k}"]) for k, v in gan.discriminator.state_dict().items()
+    )
+    client.fit(init, data, seed=1)  # the next session starts from the pretrained discriminator again
+    assert torch.equal(client.fit(init, data, seed=1).state[next(iter(init))], res.state[next(iter(init))])
+
+
+def test_full_model_training_trains_both_networks():
+    gan = build_gan(SMALL, 0)
+    params = ParamSet(gan, "full")
+    task = _task(gan, reset=False)
+    client = Client(task, params, LocalTrainConfig(1, 8, 1e-3, betas=(0.5, 0.999)))
+    init = params.state()
+    res = client.fit(init, ClientData(0, _random_images(32), _random_images(8)), seed=0)
+    moved = {k.split(".")[0] for k in init if not torch.equal(res.state[k], init[k])}
+    assert moved == {"generator", "discriminator"}
+
+
+def test_stratified_labels_follow_the_class_histogram():
+    y = stratified_labels(np.array([3.0, 0, 1, 0, 0, 0, 0, 0, 0, 0]), 8)
+    assert y.tolist() == [0, 0, 0, 0, 0, 0, 2, 2]
+
+
+def test_class_mixture_reference_matches_the_moments_of_the_resampled_set():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), [100, 200, 300])
+    feats = rng.normal(size=(600, 4)) + labels[:, None]
+    ref = ClassMixtureReference(feats, labels, 3)
+    mu, sigma = ref.stats(np.array([100.0, 200, 300]))  # the set's own class mix
+    assert np.allclose(mu, feats.mean(0)) and np.allclose(sigma, np.cov(feats, rowvar=False, bias=True))
+
+
+# ---------------------------------------------------------------------------------------------- real CIFAR-10
+
+
+def tiny_image_raw(root: Path, cifar_root: Path, **over) -> dict:
+    """A real-CIFAR-10 federated GAN small enough for CI."""
+    return {
+        "name": "tiny-image",
+        "task": "image",
+        "seed": 0,
+        "threads": 2,
+        "data": {
+            "dir": str(cifar_root),
+            "partition": "dirichlet",
+            "num_clients": 4,
+            "alpha": 0.5,
+            "max_examples": 320,
+            "public_fraction": 0.01,
+        },
+        "image": {
+            "ngf": 8,
+            "ndf": 8,
+            "nz": 16,
+            "eval_samples": 100,
+            "local_samples": 20,
+            "fid_samples": 40,
+            "fid_reference": 50,
+            "kid_subset": 20,
+            "classifier_epochs": 1,
+            "classifier_train_examples": 2000,
+            "grid_clients": 1,
+        },
+        "lora": {"r": 2, "alpha": 4},
+        "pretrain": {"steps": 16, "batch_size": 32, "lr": 0.0002},
+        "fl": {"rounds": 2, "fraction": 0.5, "local_epochs": 1, "batch_size": 32, "lr": 0.001},
+        "eval": {"local_every": 1},
+        "output": {"root": str(root), "keep_checkpoints": 2},
+        **over,
+    }
+
+
+@pytest.fixture(scope="module")
+def image_root(shared_root) -> Path:
+    return shared_root / "image"
+
+
+@pytest.fixture(scope="module")
+def finished_image(image_root, cifar_root) -> tuple[Path, dict]:
+    cfg = config_from_dict(tiny_image_raw(image_root, cifar_root))
+    return image_root / "fedgen", run_experiment(cfg, image_root / "fedgen", progress=False)
+
+
+def test_a_tiny_federated_gan_on_real_cifar10_writes_metrics_grids_and_a_report(finished_image):
+    path, s = finished_image
+    assert s["task"] == "image" and s["rounds"] == 2 and s["clients_per_round"] == 2
+    assert s["adapter_params"] == s["trained_params"] == s["upload_params"]
+    assert s["upload_bytes_total"] == 4 * s["bytes_per_upload"]
+    for key in ("test_fdc_initial", "test_fdc_final", "local_test_fdc_personalized_mean"):
+        assert np.isfinite(s[key]) and s[key] > 0
+    g, c = s["fid"]["global"], s["fid"]["clients"]
+    assert g["n"] == 40 and c["n"] == 40 and c["samples_per_client"] == 10 and c["models"] == "personalized"
+    assert all(np.isfinite(x) for x in (g["fid"], g["kid"], c["fid_all"], c["fid_avg"]))
+    assert "not comparable to Inception FID" in (path / "report.md").read_text()
+    assert "jpeg" in s["backbone"]["data_source"]
+    for png in s["grids"].values():
+        assert (path / "samples" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [0, 1, 2] and "local_test_fdc" in metrics[-1]
+
+
+def test_image_resume_after_a_kill_gives_bit_identical_adapters_and_metrics(
+    finished_image, image_root, cifar_root
+):
+    path, s = finished_image
+    cfg = config_from_dict(tiny_image_raw(image_root, cifar_root))
+    out = image_root / "killed"
+    assert "stopped_after_round" in run_experiment(cfg, out, stop_after=1, progress=False)
+    resumed = run_experiment(None, out, resume=True, progress=False)
+    a, b = read_state(path / "global"), read_state(out / "global")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("test_fdc_final", "local_test_fdc_personalized_mean"):
+        assert resumed[key] == s[key]
+    assert resumed["fid"]["global"]["fid"] == s["fid"]["global"]["fid"]
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["fedavg-full", "fedper", "ditto", "local", "central-full", "central-lora"]
+)
+def test_every_baseline_runs_on_the_image_task(algorithm, image_root, cifar_root):
+    raw = tiny_image_raw(image_root, cifar_root)
+    raw["algorithm"] = {"name": algorithm}
+    raw["fl"]["rounds"] = 1
+    raw["image"]["fid_samples"] = 20
+    s = run_experiment(config_from_dict(raw), image_root / algorithm, progress=False)
+    assert s["algorithm"] == algorithm
+    assert ("global" in s["fid"]) == (algorithm not in ("fedper", "local"))
+    assert np.isfinite(s["fid"]["clients"]["fid_all"])
+    if algorithm == "fedavg-full":
+        assert s["upload_params"] == s["trained_params"] == s["backbone"]["params"]
+
+
+def test_image_partition_keeps_the_public_slice_away_from_clients(finished_image, image_root, cifar_root):
+    from fedgen.image_run import splits
+
+    cfg = config_from_dict(tiny_image_raw(image_root, cifar_root))
+    exp = Experiment.build(cfg, progress=False)
+    public, pool = splits(cfg, exp.extra["cifar"])
+    assert not set(public.tolist()) & set(pool.tolist()) and len(pool) == 320
+    assert sum(len(d.train) + len(d.test) for d in exp.data.values()) == 320
+
+
+def test_image_config_errors_are_one_line_and_name_the_key(cifar_root, tmp_path):
+    with pytest.raises(ConfigError, match="data.partition: the image task supports dirichlet or iid"):
+        config_from_dict({"task": "image"})
+    with pytest.raises(ConfigError, match="image.ngf"):
+        config_from_dict({"task": "image", "data": {"partition": "dirichlet"}, "image": {"ngf": 0}})
+
+
+def test_cli_pretrain_checks_the_task(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: text\n")
+    assert main(["pretrain", "--config", str(cfg), "--task", "image"]) == 2
+    assert "config is for the text task" in capsys.readouterr().err
