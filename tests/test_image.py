@@ -295,3 +295,20 @@ def test_cli_pretrain_checks_the_task(tmp_path, capsys):
     cfg.write_text("task: text\n")
     assert main(["pretrain", "--config", str(cfg), "--task", "image"]) == 2
     assert "config is for the text task" in capsys.readouterr().err
+
+
+def test_cli_generates_an_image_grid_from_a_personalized_generator(finished_image, tmp_path, capsys):
+    path, _ = finished_image
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--run", str(path), "--client", "1", "--num", "3", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and "10 classes x 3 samples" in capsys.readouterr().out
+
+
+def test_cli_data_partition_prints_the_classes_per_client_histogram(image_root, cifar_root, tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_image_raw(image_root, cifar_root)))
+    assert main(["data", "partition", "--config", str(cfg)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["num_examples"] == 320 and sum(summary["classes_per_client_hist"].values()) == 4

@@ -82,7 +82,7 @@ def test_the_low_rank_path_equals_the_full_frechet_distance():
     for n in (5, 39, 80):  # N < D (low rank), N = D - 1, N > D (full path)
         feats = rng.normal(size=(n, 40)) * 2 + 1
         full = frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), mu2, s2)
-        assert frechet_distance_to(feats, mu2, s2) == pytest.approx(full, rel=1e-8)
+        assert frechet_distance_to(feats, mu2, s2) == pytest.approx(full, rel=1e-6)  # sqrt of ~0 eigenvalues
 
 
 def test_frechet_distance_is_zero_for_identical_stats_and_symmetric():

@@ -105,6 +105,18 @@ def cmd_generate(args) -> int:
         raise FedgenError(f"{run} is not a run directory (no config.yaml)")
     exp = Experiment.build(load_config(run / "config.yaml"), progress=False)
     exp.params.load(saved_model_state(exp, run, args.client))
+    if exp.cfg.task == "image":
+        import torch
+
+        from fedgen.image_run import save_grid
+
+        classes = exp.task.num_classes
+        labels = torch.arange(classes).repeat_interleave(args.num)
+        who = "global" if args.client is None else f"client_{args.client:03d}"
+        out = Path(args.out) if args.out else run / "samples" / f"generate-{who}-seed{args.seed}.png"
+        save_grid(exp.task.generate(exp.params.model, labels, seed=args.seed), out, rows=classes)
+        print(f"{classes} classes x {args.num} samples written to {out}")
+        return 0
     for i in range(args.num):
         text = exp.task.sample(
             exp.params.model,
@@ -163,6 +175,13 @@ def cmd_data(args) -> int:
         from fedgen.run import load_partition
 
         cfg = _load(args)
+        if cfg.task == "image":
+            from fedgen.image_run import load_image_partition, splits
+
+            data = cifar10.load_cifar10(cfg.data.dir)
+            part = load_image_partition(cfg, data.train_y[splits(cfg, data)[1]])
+            print(json.dumps(part.stats["summary"], indent=2))
+            return 0
         _, part = load_partition(cfg, ptb.load_ptb(cfg.data.dir))
         s = part.stats["summary"]
         print(json.dumps(s, indent=2))
@@ -205,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--force", action="store_true")
     pt.set_defaults(func=cmd_pretrain)
 
-    g = sub.add_parser("generate", help="sample text from a run's global or personalized adapter")
+    g = sub.add_parser(
+        "generate", help="sample text (or an image grid) from a run's global or personalized model"
+    )
     g.add_argument("--run", required=True)
     g.add_argument("--client", type=int, help="use this client's personalized adapter")
     g.add_argument("--prompt", default="the")
@@ -213,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=40)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--num", type=int, default=1, help="number of samples")
+    g.add_argument("--num", type=int, default=1, help="number of samples (image runs: per class)")
+    g.add_argument("--out", help="image runs: PNG path (default RUN/samples/generate-*.png)")
     g.set_defaults(func=cmd_generate)
 
     rp = sub.add_parser("report", help="rewrite and print a finished run's report")

@@ -17,7 +17,7 @@ import torch
 
 from fedgen.config import Config
 from fedgen.data.cifar10 import CIFAR10, CLASSES, load_cifar10, public_split
-from fedgen.data.partition import Partition, build_label_partition
+from fedgen.data.partition import Partition, build_label_partition, cached_partition
 from fedgen.errors import FedgenError
 from fedgen.fl.client import ClientData, LocalTrainConfig, derive_seed, local_train
 from fedgen.metrics.classifier import FD_CLASSIFIER_LABEL, load_or_train_classifier
@@ -140,22 +140,18 @@ def load_image_partition(cfg: Config, labels: np.ndarray) -> Partition:
     d = cfg.data
     key = Config(seed=cfg.seed, data=cfg.data, pretrain=cfg.pretrain).digest("seed", "data", "pretrain")
     cache = Path(cfg.output.root) / "cache" / f"image-partition-{d.partition}-{key}.json"
-    if cache.is_file():
-        return Partition.load(cache)
-    part = build_label_partition(
-        labels,
-        num_clients=d.num_clients,
-        alpha=d.alpha,
-        test_fraction=d.test_fraction,
-        seed=cfg.seed,
-        scheme=d.partition,
-        class_names=list(CLASSES),
+    return cached_partition(
+        cache,
+        lambda: build_label_partition(
+            labels,
+            num_clients=d.num_clients,
+            alpha=d.alpha,
+            test_fraction=d.test_fraction,
+            seed=cfg.seed,
+            scheme=d.partition,
+            class_names=list(CLASSES),
+        ),
     )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    part.save(tmp)
-    tmp.replace(cache)
-    return part
 
 
 def evaluation_classifier(cfg: Config, data: CIFAR10, progress: bool = True):

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedgen.config import Config, load_config, save_config
-from fedgen.data.partition import Partition, build_partition, make_documents
+from fedgen.data.partition import Partition, build_partition, cached_partition, make_documents
 from fedgen.data.ptb import PTB, load_ptb
 from fedgen.errors import CheckpointError, FedgenError
 from fedgen.fl.algorithms import (
@@ -126,25 +126,20 @@ def load_partition(cfg: Config, ptb: PTB) -> tuple[list, Partition]:
     _, docs = ptb_documents(cfg, ptb)
     key = Config(seed=cfg.seed, data=cfg.data).digest("seed", "data")
     cache = Path(cfg.output.root) / "cache" / f"partition-{d.partition}-{key}.json"
-    if cache.is_file():
-        part = Partition.load(cache)
-        if part.params.get("num_docs") == len(docs):
-            return docs, part
-    part = build_partition(
-        docs,
-        scheme=d.partition,
-        num_clients=d.num_clients,
-        alpha=d.alpha,
-        num_topics=d.num_topics,
-        test_fraction=d.test_fraction,
-        seed=cfg.seed,
-        lda_max_iter=d.lda_max_iter,
-    )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    part.save(tmp)
-    tmp.replace(cache)
-    return docs, part
+
+    def build() -> Partition:
+        return build_partition(
+            docs,
+            scheme=d.partition,
+            num_clients=d.num_clients,
+            alpha=d.alpha,
+            num_topics=d.num_topics,
+            test_fraction=d.test_fraction,
+            seed=cfg.seed,
+            lda_max_iter=d.lda_max_iter,
+        )
+
+    return docs, cached_partition(cache, build, lambda part: part.params.get("num_docs") == len(docs))
 
 
 def client_datasets(task: TextTask, docs: list, part: Partition) -> dict[int, ClientData]:
@@ -213,14 +208,9 @@ class Experiment:
                 f"train tokens/client {s['tokens_train_min']}-{s['tokens_train_max']} "
                 f"(median {s['tokens_train_median']:.0f})"
             )
+        model = base
         if spec.trains == "lora":
             model = add_lora(base, cfg.lora.r, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
-            torch.manual_seed(derive_seed(cfg.seed, "adapter-init"))  # A random, B = 0, per seed
-            for mod in model.modules():
-                if hasattr(mod, "reset_lora_parameters"):
-                    mod.reset_lora_parameters("default", True)
-        else:
-            model = base
         limit = (cfg.eval.max_tokens or 10**12) + 1
         return cls._assemble(
             cfg,
@@ -241,19 +231,19 @@ class Experiment:
 
         parts = build_parts(cfg, spec.trains, progress)
         gan = parts.pop("model")
+        model = gan
         if spec.trains == "lora":
             model = add_generator_lora(gan, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
-            torch.manual_seed(derive_seed(cfg.seed, "adapter-init"))  # A random, B = 0, per seed
-            for mod in model.modules():
-                if hasattr(mod, "reset_lora_parameters"):
-                    mod.reset_lora_parameters("default", True)
-        else:
-            model = gan
         extra = {"cifar": parts.pop("cifar"), "local_eval": {"n": cfg.image.local_samples}}
         return cls._assemble(cfg, spec, parts.pop("task"), model, **parts, extra=extra)
 
     @classmethod
     def _assemble(cls, cfg: Config, spec: AlgorithmSpec, task, model, **fields) -> Experiment:
+        if spec.trains == "lora":
+            torch.manual_seed(derive_seed(cfg.seed, "adapter-init"))  # A random, B = 0, per seed
+            for mod in model.modules():
+                if hasattr(mod, "reset_lora_parameters"):
+                    mod.reset_lora_parameters("default", True)
         params = ParamSet(model, spec.trains)
         f = cfg.fl
         lr = cfg.algorithm.lr_full if spec.trains == "full" and cfg.algorithm.lr_full else f.lr
@@ -565,7 +555,7 @@ def _run_central(exp: Experiment, rd: RunDir, progress: bool):
     epochs = exp.budget_epochs()
     pooled = pooled_data(exp)
     if progress:
-        print(f"{exp.spec.name}: {epochs} epochs over {len(pooled.train)} pooled windows")
+        print(f"{exp.spec.name}: {epochs} epochs over {len(pooled.train)} pooled training examples")
     state = exp.client.fit(exp.init, pooled, derive_seed(exp.cfg.seed, "central"), epochs=epochs).state
     local = exp.evaluate_local(lambda k: state)
     rd.append_metrics(

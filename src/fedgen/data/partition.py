@@ -340,3 +340,17 @@ def build_label_partition(
         topic_words=[[name] for name in class_names] if class_names else [],
         stats=label_partition_stats(clients, label_list),
     )
+
+
+def cached_partition(cache: Path, build, is_current=lambda part: True) -> Partition:
+    """The partition cached at ``cache`` (if ``is_current``), else ``build()``, saved atomically."""
+    if cache.is_file():
+        part = Partition.load(cache)
+        if is_current(part):
+            return part
+    part = build()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    part.save(tmp)
+    tmp.replace(cache)
+    return part

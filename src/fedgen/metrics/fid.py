@@ -242,7 +242,7 @@ def frechet_distance_to(feats: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) 
 
 def fid_from_feats(feats1: np.ndarray, feats2: np.ndarray) -> float:
     """Frechet distance between the Gaussian fits of two ``[N, D]`` feature matrices."""
-    return frechet_distance(*gaussian_stats(feats1), *gaussian_stats(feats2))
+    return frechet_distance_to(feats1, *gaussian_stats(feats2))
 
 
 def kid(

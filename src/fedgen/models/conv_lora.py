@@ -9,7 +9,7 @@ base layer's own type, so here:
 
 and output = base(x) + B(A(x)) * alpha / r. Only the merge differs from Conv2d: a
 transposed convolution's weight is ``[in, out, kh, kw]``, so the merged delta is
-``einsum('irhw,ro->iohw', A, B)``. Register it with :func:`lora_config` and the adapter
+``einsum('irhw,ro->iohw', A, B)``. Register it with :func:`conv_lora_config` and the adapter
 saves, loads and merges through PEFT like any other (``PeftModel.from_pretrained`` needs
 the same registration: :func:`load_image_adapter`).
 """
@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import _ConvNd
 from torch import nn
+
+from fedgen.models.lora import lora_config
 
 
 class LoraConvTranspose2d(_ConvNd):
@@ -47,16 +49,9 @@ class LoraConvTranspose2d(_ConvNd):
         return torch.einsum("irhw,ro->iohw", a, b) * self.scaling[adapter]
 
 
-def lora_config(r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> LoraConfig:
+def conv_lora_config(r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> LoraConfig:
     """A PEFT LoraConfig whose transposed convolutions use :class:`LoraConvTranspose2d`."""
-    cfg = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(targets),
-        bias="none",
-        init_lora_weights=True,  # A: Kaiming-uniform, B: zeros -> adapted model == backbone
-    )
+    cfg = lora_config(r, alpha, targets, dropout)
     cfg._register_custom_module({nn.ConvTranspose2d: LoraConvTranspose2d})
     return cfg
 
@@ -72,7 +67,7 @@ def generator_conv_names(model: nn.Module) -> list[str]:
 
 def add_generator_lora(gan: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> PeftModel:
     """Wrap a GAN with LoRA on every convolution of its generator (the discriminator is untouched)."""
-    return get_peft_model(gan, lora_config(r, alpha, generator_conv_names(gan), dropout))
+    return get_peft_model(gan, conv_lora_config(r, alpha, generator_conv_names(gan), dropout))
 
 
 def load_image_adapter(gan: nn.Module, path) -> PeftModel:

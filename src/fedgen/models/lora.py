@@ -22,9 +22,9 @@ from fedgen.errors import CheckpointError
 State = dict[str, torch.Tensor]
 
 
-def add_lora(model: nn.Module, r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> PeftModel:
-    """Wrap a frozen backbone with LoRA on ``targets`` (B initialised to zero)."""
-    cfg = LoraConfig(
+def lora_config(r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> LoraConfig:
+    """PEFT LoRA on ``targets``; B starts at zero, so the adapted model equals the backbone."""
+    return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
@@ -32,7 +32,11 @@ def add_lora(model: nn.Module, r: int, alpha: float, targets: list[str], dropout
         bias="none",
         init_lora_weights=True,  # A: Kaiming-uniform, B: zeros -> adapted model == backbone
     )
-    return get_peft_model(model, cfg)
+
+
+def add_lora(model: nn.Module, r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> PeftModel:
+    """Wrap a frozen backbone with LoRA on ``targets`` (B initialised to zero)."""
+    return get_peft_model(model, lora_config(r, alpha, targets, dropout))
 
 
 def adapter_state(model: PeftModel) -> State:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedgen.metrics.classifier import FD_CLASSIFIER_LABEL
-from fedgen.report.text import _mb
+from fedgen.report import common
 
 
 def _f(x: float | None, nd: int = 2) -> str:
@@ -16,17 +16,7 @@ def result_table(s: dict) -> str:
     """The headline table (markdown) of one image run."""
     b, fid = s["backbone"], s.get("fid", {})
     split = b.get("params_split") or {}
-    if s["rounds"]:
-        work = f"K={s['num_clients']}, {s['clients_per_round']} per round, {s['rounds']} rounds"
-        upload = (
-            f"{s['bytes_per_upload']:,} bytes per client per round "
-            f"(formula: {s['upload_params'] * 4:,}); total {_mb(s['upload_bytes_total'])}"
-        )
-    else:
-        work = (
-            f"K={s['num_clients']}, {s['local_epochs_equivalent']} epochs (same sample passes as federated)"
-        )
-        upload = s.get("upload_note") or "0"
+    work, upload = common.clients_and_upload(s)
     local = f"{_f(s['local_test_fdc_initial_mean'])} (backbone)"
     if s.get("local_test_fdc_global_mean") is not None:
         local += f" -> {_f(s['local_test_fdc_global_mean'])} (global)"
@@ -74,7 +64,7 @@ def result_table(s: dict) -> str:
         )
     rows += [
         ("Upload", upload),
-        ("Download total", _mb(s["download_bytes_total"])),
+        ("Download total", common.mb(s["download_bytes_total"])),
         ("Wall time", f"{s['wall_seconds']:.0f} s"),
     ]
     lines = ["| quantity | measured |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
@@ -83,32 +73,16 @@ def result_table(s: dict) -> str:
 
 def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
     """PNG of the global and clients' FD-classifier per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    pts = [(m["round"], m["test_fdc"]) for m in metrics if "test_fdc" in m]
-    if pts:
-        ax.plot(*zip(*pts, strict=True), marker="o", label="global vs CIFAR-10 test")
-    for key, label in (
-        ("local_test_fdc", "clients, global model"),
-        ("local_test_fdc_personalized", "clients, personalized"),
-    ):
-        pts = [(m["round"], m[key]["mean"]) for m in metrics if key in m]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="s", label=label + " (mean)")
-    ax.set_xlabel("round")
-    ax.set_ylabel(FD_CLASSIFIER_LABEL)
-    ax.set_title("convergence")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    out = run_dir / "convergence.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return common.plot_convergence(
+        run_dir,
+        metrics,
+        [("test_fdc", "global vs CIFAR-10 test")],
+        [
+            ("local_test_fdc", "clients, global model"),
+            ("local_test_fdc_personalized", "clients, personalized"),
+        ],
+        FD_CLASSIFIER_LABEL,
+    )
 
 
 def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict | None) -> Path:

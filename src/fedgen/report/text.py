@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _mb(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 1e6:.3f} MB"
+from fedgen.report import common
 
 
 def _ppl(x: float | None) -> str:
@@ -21,17 +19,7 @@ def result_table(s: dict) -> str:
         local += f" -> {_ppl(s['local_test_ppl_global_mean'])} (global)"
     if s.get("local_test_ppl_personalized_mean") is not None:
         local += f" -> {_ppl(s['local_test_ppl_personalized_mean'])} (personalized)"
-    if s["rounds"]:
-        work = f"K={s['num_clients']}, {s['clients_per_round']} per round, {s['rounds']} rounds"
-        upload = (
-            f"{s['bytes_per_upload']:,} bytes per client per round "
-            f"(formula: {s['upload_params'] * 4:,}); total {_mb(s['upload_bytes_total'])}"
-        )
-    else:
-        work = (
-            f"K={s['num_clients']}, {s['local_epochs_equivalent']} epochs (same sample passes as federated)"
-        )
-        upload = s.get("upload_note") or "0"
+    work, upload = common.clients_and_upload(s)
     rows = [
         ("Algorithm", s["algorithm"]),
         ("Backbone", f"{b['source']} ({b['params']:,} params)"),
@@ -44,7 +32,7 @@ def result_table(s: dict) -> str:
         ("PTB test PPL", f"{_ppl(s['test_ppl_initial'])} -> {_ppl(s['test_ppl_final'])}"),
         ("Clients' local-test PPL (mean)", local),
         ("Upload", upload),
-        ("Download total", _mb(s["download_bytes_total"])),
+        ("Download total", common.mb(s["download_bytes_total"])),
         ("Wall time", f"{s['wall_seconds']:.0f} s"),
     ]
     lines = ["| quantity | measured |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
@@ -53,33 +41,16 @@ def result_table(s: dict) -> str:
 
 def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
     """PNG of PTB valid/test PPL and mean local-test PPL per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("valid_ppl", "PTB valid"), ("test_ppl", "PTB test")):
-        pts = [(m["round"], m[key]) for m in metrics if key in m]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    for key, label in (
-        ("local_test_ppl", "clients' local test, global"),
-        ("local_test_ppl_personalized", "clients' local test, personalized"),
-    ):
-        pts = [(m["round"], m[key]["mean"]) for m in metrics if key in m]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="s", label=label + " (mean)")
-    ax.set_xlabel("round")
-    ax.set_ylabel("perplexity")
-    ax.set_title("convergence")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    out = run_dir / "convergence.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return common.plot_convergence(
+        run_dir,
+        metrics,
+        [("valid_ppl", "PTB valid"), ("test_ppl", "PTB test")],
+        [
+            ("local_test_ppl", "clients' local test, global"),
+            ("local_test_ppl_personalized", "clients' local test, personalized"),
+        ],
+        "perplexity",
+    )
 
 
 def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict | None) -> Path:
