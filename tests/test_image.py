@@ -312,3 +312,20 @@ def test_cli_data_partition_prints_the_classes_per_client_histogram(image_root, 
     assert main(["data", "partition", "--config", str(cfg)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_examples"] == 320 and sum(summary["classes_per_client_hist"].values()) == 4
+
+
+def test_compare_tabulates_image_runs_beside_the_untouched_backbone(image_root, cifar_root, tmp_path):
+    from fedgen.compare import compare
+
+    raw = tiny_image_raw(image_root, cifar_root)
+    raw["fl"]["rounds"] = 1
+    result = compare(config_from_dict(raw), ["local"], [0], tmp_path / "cmp", progress=False)
+    assert list(result["table"]) == ["backbone", "local"]
+    assert (
+        result["table"]["backbone"]["fid_global"]["mean"] > 0
+        and result["table"]["local"]["fid_global"] is None
+    )
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "FID-all" in md and "N=40" in md and "not comparable to Inception FID" in md
+    again = compare(config_from_dict(raw), ["local"], [0], tmp_path / "cmp", progress=False)  # all cached
+    assert again["rows"] == result["rows"]

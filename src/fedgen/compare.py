@@ -107,7 +107,7 @@ def flatten(summary: dict) -> dict:
 def aggregate(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> dict[str, dict]:
     """Mean and std over seeds of every column, per algorithm, plus upload reduction vs FedAvg-full."""
     table: dict[str, dict] = {}
-    for alg in [a for a in ORDER if any(r["algorithm"] == a for r in rows)]:
+    for alg in [a for a in ["backbone", *ORDER] if any(r["algorithm"] == a for r in rows)]:
         rs = [r for r in rows if r["algorithm"] == alg]
         table[alg] = {key: _mean_std([r.get(key) for r in rs]) for key, _ in columns}
         table[alg]["seeds"] = sorted(r["seed"] for r in rs)
@@ -171,6 +171,34 @@ def markdown(
     return "\n".join(lines)
 
 
+def backbone_summary(cfg: Config, seed: int, out: Path, progress: bool) -> dict:
+    """The image table's reference row: the pretrained GAN itself, scored like every algorithm (cached)."""
+    path = out / f"backbone-seed{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import time
+
+    from fedgen.image_run import final_image_metrics
+    from fedgen.run import Experiment
+
+    t0 = time.time()
+    c = dataclasses.replace(cfg, seed=seed, algorithm=dataclasses.replace(cfg.algorithm, name="central-lora"))
+    exp = Experiment.build(c, progress=False)  # LoRA with B = 0: exactly the backbone
+    if progress:
+        print("== backbone (no fine-tuning): Inception FID/KID")
+    summary = {
+        "algorithm": "backbone",
+        "seed": seed,
+        "test_fdc_final": exp.evaluate_global(exp.init)["test_fdc"],
+        "fid": final_image_metrics(exp, exp.init, None),
+        "upload_bytes_total": 0,
+        "upload_note": "none: no training",
+        "wall_seconds": round(time.time() - t0, 2),
+    }
+    path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def image_notes(cfg: Config) -> str:
     i = cfg.image
     return (
@@ -182,7 +210,8 @@ def image_notes(cfg: Config) -> str:
         "client samples its test split's class mix from the model it would deploy (personalized where the "
         "algorithm has one, else global); FID-all pools them, FID-avg averages per-client FIDs against the "
         "test set re-weighted to the client's classes (few samples per client: biased upwards, comparable "
-        "only at equal N). A JPEG-decoded CIFAR-10 copy (see the runs' reports) gives FIDs comparable "
+        "only at equal N). 'backbone': the pretrained GAN without any fine-tuning. "
+        "A JPEG-decoded CIFAR-10 copy (see the runs' reports) gives FIDs comparable "
         "within this project only. The backbone is a GAN pre-trained by fedgen on a public slice of "
         "CIFAR-10 train that no client holds, not a published checkpoint."
     )
@@ -203,6 +232,7 @@ def compare(
             rows.append(flatten(s))
     title = f"{cfg.name}: {len(algorithms)} algorithms x seeds {seeds}"
     if cfg.task == "image":
+        rows = [flatten(backbone_summary(cfg, seed, out, progress)) for seed in seeds] + rows
         table = aggregate(rows, IMAGE_COLUMNS)
         md = markdown(table, title, IMAGE_COLUMNS, image_notes(cfg))
     else:
