@@ -25,6 +25,7 @@ ORDER = ["central-full", "central-lora", "local", "fedavg-full", "fedper", "ditt
 PAPER = {
     "fedavg-full": {"communication": "16.2 GB over 500 rounds (as quoted; see compare.py)"},
 }
+PAPER_IMAGE: dict[str, dict] = {}  # no image figure of the paper's is quoted in our tracker
 
 COLUMNS = [
     ("valid_ppl_final", "PTB valid PPL"),
@@ -135,8 +136,14 @@ def _fmt(cell: dict | None, key: str) -> str:
 
 
 def markdown(
-    table: dict[str, dict], title: str, columns: list[tuple[str, str]] = COLUMNS, notes: str = ""
+    table: dict[str, dict],
+    title: str,
+    columns: list[tuple[str, str]] = COLUMNS,
+    notes: str = "",
+    paper_figures: dict[str, dict] | None = None,
 ) -> str:
+    """The comparison table; ``paper_figures`` (default: the text task's ``PAPER``) fill the last column."""
+    paper_figures = PAPER if paper_figures is None else paper_figures
     head = [
         "algorithm",
         *[label for _, label in columns],
@@ -151,7 +158,7 @@ def markdown(
         if t["upload_bytes_total"] and t["upload_bytes_total"]["mean"] == 0:
             cells[up] = f"0 ({t['upload_note']})"
         red = t["upload_reduction_vs_fedavg_full"]
-        paper = "; ".join(f"{k} {v}" for k, v in PAPER.get(alg, {}).items()) or "-"
+        paper = "; ".join(f"{k} {v}" for k, v in (paper_figures or {}).get(alg, {}).items()) or "-"
         lines.append(
             "| "
             + " | ".join(
@@ -234,11 +241,12 @@ def compare(
     if cfg.task == "image":
         rows = [flatten(backbone_summary(cfg, seed, out, progress)) for seed in seeds] + rows
         table = aggregate(rows, IMAGE_COLUMNS)
-        md = markdown(table, title, IMAGE_COLUMNS, image_notes(cfg))
+        md = markdown(table, title, IMAGE_COLUMNS, image_notes(cfg), PAPER_IMAGE)
     else:
         table = aggregate(rows)
         md = markdown(table, title)
-    result = {"config": cfg.to_dict(), "rows": rows, "table": table, "paper": PAPER}
+    paper = PAPER_IMAGE if cfg.task == "image" else PAPER
+    result = {"config": cfg.to_dict(), "rows": rows, "table": table, "paper": paper}
     (out / "compare.json").write_text(json.dumps(result, indent=2))
     (out / "compare.md").write_text(md + "\n")
     return {"markdown": md, **result}
