@@ -267,18 +267,18 @@ class Experiment:
             out.update({f"{split}_{k}": r[k] for k in self.task.global_keys})
         return out
 
+    def local_metric(self, state: State, d: ClientData) -> float:
+        """The metric of one model on one client's test split."""
+        kw = self.extra.get("local_eval", {})
+        return self.client.evaluate(state, d.test, self.cfg.eval.batch_size, **kw)[self.metric]
+
     def evaluate_local(self, state_of) -> dict[int, float]:
         """The metric on every client's test split; ``state_of(k)`` gives client k's model."""
-        small = 1 if self.cfg.task == "text" else 0  # a token stream needs 2 tokens, images 1
-        kw = self.extra.get("local_eval", {})
         return {
-            k: self.client.evaluate(state_of(k), d.test, self.cfg.eval.batch_size, **kw)[self.metric]
+            k: self.local_metric(state_of(k), d)
             for k, d in self.data.items()
-            if len(d.test) > small
+            if self.task.has_eval_data(d.test)
         }
-
-    def has_local_test(self, d: ClientData) -> bool:
-        return len(d.test) > (1 if self.cfg.task == "text" else 0)
 
     def clients_per_round(self) -> int:
         return max(1, int(round(self.cfg.fl.fraction * self.cfg.data.num_clients)))
@@ -545,9 +545,7 @@ def _run_local(exp: Experiment, rd: RunDir, progress: bool):
 
 def pooled_data(exp: Experiment) -> ClientData:
     """Every client's training windows in one dataset (centralized baselines)."""
-    parts = [d.train for _, d in sorted(exp.data.items())]
-    concat = getattr(exp.task, "concat", torch.cat)
-    return ClientData(-1, concat(parts), torch.empty(0))
+    return ClientData(-1, exp.task.concat([d.train for _, d in sorted(exp.data.items())]), torch.empty(0))
 
 
 def _run_central(exp: Experiment, rd: RunDir, progress: bool):
@@ -580,19 +578,14 @@ def _personalization_report(exp, rd, global_state, personal, kept) -> dict:
                 st,
                 exp.peft_model if st.keys() == exp.init.keys() else None,
             )
-        if not exp.has_local_test(d):
+        if not exp.task.has_eval_data(d.test):
             continue
         row = {"client": k, "test_size": len(d.test), "trained": k in kept}
         if global_state is not None:
-            row[f"{exp.metric}_global"] = _local_metric(exp, global_state, d)
-        row[f"{exp.metric}_personalized"] = _local_metric(exp, personal(k), d)
+            row[f"{exp.metric}_global"] = exp.local_metric(global_state, d)
+        row[f"{exp.metric}_personalized"] = exp.local_metric(personal(k), d)
         rows.append(row)
     return _pers_summary(exp, rd, rows)
-
-
-def _local_metric(exp: Experiment, state: State, d: ClientData) -> float:
-    kw = exp.extra.get("local_eval", {})
-    return exp.client.evaluate(state, d.test, exp.cfg.eval.batch_size, **kw)[exp.metric]
 
 
 def _pers_summary(exp: Experiment, rd: RunDir, rows: list[dict]) -> dict:
@@ -612,15 +605,15 @@ def personalize(exp: Experiment, global_state: State, rd: RunDir, progress: bool
     for k, d in tqdm(exp.data.items(), desc="personalize", disable=not progress, unit="client", leave=False):
         res = exp.client.fit(global_state, d, derive_seed(cfg.seed, "personalize", k), cfg.personalize.epochs)
         write_state(rd.path / "clients" / f"client_{k:03d}", res.state, exp.peft_model)
-        if not exp.has_local_test(d):
+        if not exp.task.has_eval_data(d.test):
             continue
         rows.append(
             {
                 "client": k,
                 "num_examples": res.num_examples,
                 "test_size": len(d.test),
-                f"{exp.metric}_global": _local_metric(exp, global_state, d),
-                f"{exp.metric}_personalized": _local_metric(exp, res.state, d),
+                f"{exp.metric}_global": exp.local_metric(global_state, d),
+                f"{exp.metric}_personalized": exp.local_metric(res.state, d),
             }
         )
     return _pers_summary(exp, rd, rows)

@@ -125,9 +125,10 @@ class Client:
                 return 0.5 * lam * sum(((p - a) ** 2).sum() for p, a in pairs)
 
         named = self.params.params
-        trained = self.task.loss_params(named) if hasattr(self.task, "loss_params") else list(named.values())
-        aux = self.task.begin_local(self.model, named, cfg) if hasattr(self.task, "begin_local") else None
-        metrics = local_train(self.task, self.model, trained, data.train, cfg, seed, extra, aux)
+        aux = self.task.begin_local(self.model, named, cfg)
+        metrics = local_train(
+            self.task, self.model, self.task.loss_params(named), data.train, cfg, seed, extra, aux
+        )
         return FitResult(data.client_id, self.params.state(), len(data.train), metrics)
 
     def evaluate(self, state: State, data: Any, batch_size: int = 64, **kw) -> dict[str, float]:

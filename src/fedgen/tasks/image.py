@@ -143,6 +143,10 @@ class ImageTask:
     def concat(parts: list[Images]) -> Images:
         return Images.cat(parts)
 
+    @staticmethod
+    def has_eval_data(images: Images) -> bool:
+        return len(images) > 0
+
     # -- training -----------------------------------------------------------------------
     def loss_params(self, named: dict[str, nn.Parameter]) -> list[nn.Parameter]:
         """The trained parameters the generator loss optimises (the generator side only)."""

@@ -54,7 +54,27 @@ class TextTask:
         for i in range(0, len(perm), batch_size):
             yield examples[perm[i : i + batch_size]]
 
+    @staticmethod
+    def concat(parts: list[torch.Tensor]) -> torch.Tensor:
+        """Several clients' examples as one set (centralized baselines)."""
+        return torch.cat(parts)
+
+    @staticmethod
+    def has_eval_data(ids: torch.Tensor) -> bool:
+        """A stream needs two tokens to score one prediction."""
+        return len(ids) > 1
+
     # -- training -----------------------------------------------------------------------
+    @staticmethod
+    def loss_params(named: dict[str, nn.Parameter]) -> list[nn.Parameter]:
+        """The trained parameters the loss optimises: all of them."""
+        return list(named.values())
+
+    @staticmethod
+    def begin_local(model: nn.Module, named: dict[str, nn.Parameter], cfg) -> None:
+        """No per-session setup for language modelling (no step runs before each optimiser step)."""
+        return None
+
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of a batch of windows."""
         logits = model(input_ids=batch[:, :-1]).logits
