@@ -82,17 +82,14 @@ def cmd_pretrain(args) -> int:
     if cfg.task == "image":
         from fedgen.image_run import gan_backbone_path, pretrain_gan
 
-        out = Path(args.out) if args.out else gan_backbone_path(cfg)
-        if (out / "fedgen_gan.json").is_file() and not args.force:
-            print(f"GAN backbone already exists: {out} (use --force to retrain)")
-            return 0
-        pretrain_gan(cfg, out, progress=not args.quiet)
+        default, marker, pretrain, what = gan_backbone_path, "fedgen_gan.json", pretrain_gan, "GAN backbone"
+    else:
+        default, marker, pretrain, what = backbone_path, "config.json", pretrain_backbone, "backbone"
+    out = Path(args.out) if args.out else default(cfg)
+    if (out / marker).is_file() and not args.force:
+        print(f"{what} already exists: {out} (use --force to retrain)")
         return 0
-    out = Path(args.out) if args.out else backbone_path(cfg)
-    if (out / "config.json").is_file() and not args.force:
-        print(f"backbone already exists: {out} (use --force to retrain)")
-        return 0
-    pretrain_backbone(cfg, out, progress=not args.quiet)
+    pretrain(cfg, out, progress=not args.quiet)
     return 0
 
 

@@ -20,8 +20,8 @@ from fedgen.data.cifar10 import CIFAR10, CLASSES, load_cifar10, public_split
 from fedgen.data.partition import Partition, build_label_partition, cached_partition
 from fedgen.errors import FedgenError
 from fedgen.fl.client import ClientData, LocalTrainConfig, derive_seed, local_train
-from fedgen.metrics.classifier import FD_CLASSIFIER_LABEL, load_or_train_classifier
-from fedgen.metrics.fid import InceptionFeatures, frechet_distance_to, gaussian_stats, kid, reference_stats
+from fedgen.metrics.classifier import load_or_train_classifier
+from fedgen.metrics.fid import InceptionFeatures, frechet_distance_to, kid, reference_stats
 from fedgen.models.dcgan import GanConfig, build_gan, count, load_gan, save_gan
 from fedgen.models.params import State
 from fedgen.tasks.image import ClassMixtureReference, Images, ImageTask, stratified_labels, to_uint8
@@ -227,8 +227,8 @@ def build_parts(cfg: Config, trains: str, progress: bool = True) -> dict:
 # ------------------------------------------------------------------------------ end-of-run metrics
 
 
-def inception_reference(cfg: Config, data: CIFAR10) -> tuple[np.ndarray, np.ndarray]:
-    """Inception features of a class-balanced CIFAR-10 test subset (``fid_reference`` images), cached."""
+def inception_reference(cfg: Config, data: CIFAR10) -> tuple[dict, np.ndarray]:
+    """Inception ``{feats, mu, sigma}`` of a class-balanced CIFAR-10 test subset (cached) and its labels."""
     n = cfg.image.fid_reference
     per = n // len(CLASSES)
     idx = np.concatenate([np.flatnonzero(data.test_y == c)[:per] for c in range(len(CLASSES))])
@@ -238,13 +238,13 @@ def inception_reference(cfg: Config, data: CIFAR10) -> tuple[np.ndarray, np.ndar
         InceptionFeatures(),
         Path(cfg.output.root) / "cache" / "fid",
     )
-    return ref["feats"], data.test_y[idx]
+    return ref, data.test_y[idx]
 
 
-def _score(feats, labels, ref_feats, ref_labels, cls_pred, kid_subset) -> dict:
-    k_mean, k_std = kid(feats, ref_feats, num_subsets=50, subset_size=kid_subset, seed=0)
+def _score(feats, labels, ref: dict, cls_pred, kid_subset) -> dict:
+    k_mean, k_std = kid(feats, ref["feats"], num_subsets=50, subset_size=kid_subset, seed=0)
     return {
-        "fid": frechet_distance_to(feats, *gaussian_stats(ref_feats)),
+        "fid": frechet_distance_to(feats, ref["mu"], ref["sigma"]),
         "kid": k_mean,
         "kid_std": k_std,
         "class_acc": float((cls_pred == labels).mean()),
@@ -263,13 +263,13 @@ def final_image_metrics(exp, global_state: State | None, personal) -> dict:
       client: strongly biased upwards, comparable only between runs with the same n).
     """
     cfg, task = exp.cfg, exp.task
-    ref_feats, ref_labels = inception_reference(cfg, exp.extra["cifar"])
-    mixture = ClassMixtureReference(ref_feats, ref_labels, len(CLASSES))
+    ref, ref_labels = inception_reference(cfg, exp.extra["cifar"])
+    mixture = ClassMixtureReference(ref["feats"], ref_labels, len(CLASSES))
     inception = InceptionFeatures()
     n = cfg.image.fid_samples
     out: dict = {
         "extractor": INCEPTION_LABEL,
-        "reference": f"CIFAR-10 test, {len(ref_feats)} class-balanced images ({exp.extra['cifar'].source})",
+        "reference": f"CIFAR-10 test, {len(ref_labels)} class-balanced images ({exp.extra['cifar'].source})",
         "kid_subset": cfg.image.kid_subset,
     }
     if global_state is not None:
@@ -279,12 +279,11 @@ def final_image_metrics(exp, global_state: State | None, personal) -> dict:
         out["global"] = _score(
             inception(imgs),
             labels.numpy(),
-            ref_feats,
-            ref_labels,
+            ref,
             task.classifier.predict(imgs),
             cfg.image.kid_subset,
         )
-    clients = [k for k, d in sorted(exp.data.items()) if len(d.test) > 0]
+    clients = [k for k, d in sorted(exp.data.items()) if task.has_eval_data(d.test)]
     if not clients or (global_state is None and personal is None):
         return out
     per = max(2, n // len(clients))
@@ -304,8 +303,7 @@ def final_image_metrics(exp, global_state: State | None, personal) -> dict:
         **_score(
             np.concatenate(feats),
             np.concatenate(labels),
-            ref_feats,
-            ref_labels,
+            ref,
             np.concatenate(preds),
             cfg.image.kid_subset,
         ),
@@ -345,6 +343,3 @@ def sample_grids(exp, run_dir: Path, global_state: State | None, personal) -> di
         imgs = exp.task.generate(exp.params.model, labels, seed=derive_seed(exp.cfg.seed, "grid") % 2**31)
         out[name] = str(save_grid(imgs, run_dir / "samples" / f"{name}.png", rows=len(CLASSES)).name)
     return out
-
-
-__all__ = ["FD_CLASSIFIER_LABEL", "build_parts", "final_image_metrics", "pretrain_gan", "sample_grids"]

@@ -25,6 +25,17 @@ def clients_and_upload(s: dict) -> tuple[str, str]:
     return work, upload
 
 
+def table(rows: list[tuple[str, str]], s: dict, upload: str) -> str:
+    """The result table (markdown): ``rows``, then the traffic and wall-time rows every run has."""
+    rows = [
+        *rows,
+        ("Upload", upload),
+        ("Download total", mb(s["download_bytes_total"])),
+        ("Wall time", f"{s['wall_seconds']:.0f} s"),
+    ]
+    return "\n".join(["| quantity | measured |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
 def plot_convergence(
     run_dir: Path,
     metrics: list[dict],

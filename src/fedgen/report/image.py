@@ -62,13 +62,7 @@ def result_table(s: dict) -> str:
                 f"{c['fid_all']:.2f} / {c['fid_avg']:.2f} / {c['kid']:.4f}; class acc {c['class_acc']:.3f}",
             )
         )
-    rows += [
-        ("Upload", upload),
-        ("Download total", common.mb(s["download_bytes_total"])),
-        ("Wall time", f"{s['wall_seconds']:.0f} s"),
-    ]
-    lines = ["| quantity | measured |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines)
+    return common.table(rows, s, upload)
 
 
 def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:

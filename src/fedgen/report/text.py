@@ -31,12 +31,8 @@ def result_table(s: dict) -> str:
         ("PTB valid PPL", f"{_ppl(s['valid_ppl_initial'])} -> {_ppl(s['valid_ppl_final'])}"),
         ("PTB test PPL", f"{_ppl(s['test_ppl_initial'])} -> {_ppl(s['test_ppl_final'])}"),
         ("Clients' local-test PPL (mean)", local),
-        ("Upload", upload),
-        ("Download total", common.mb(s["download_bytes_total"])),
-        ("Wall time", f"{s['wall_seconds']:.0f} s"),
     ]
-    lines = ["| quantity | measured |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines)
+    return common.table(rows, s, upload)
 
 
 def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
