@@ -5,7 +5,7 @@ examples, same per-client seeds (so the same batch order and dropout masks), sam
 optimizer steps, and the same n_k-weighted average at the end of every round.
 
 (A) federated  ``fedgen.fl.server.federate`` over ``fedgen.runtime.simulate.InProcessRuntime`` with
-               the client logic ``fedgen run`` uses for FedGen-Edge (``fedgen.run.client_logic``):
+               the client logic ``fedgen run`` uses for FedGen-Edge (``exp.spec.client_logic``):
                client sampling, per client ``Client.fit`` (adapter load with key/shape checks,
                ``local_train`` incl. its per-step ``loss.item()``, adapter extraction), and per round
                safetensors serialization of the global adapter and of every update (byte
@@ -49,9 +49,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from fedgen.config import Config, load_config  # noqa: E402
+from fedgen.experiment import Experiment  # noqa: E402
 from fedgen.fl.client import derive_seed  # noqa: E402
 from fedgen.fl.server import federate, sample_clients  # noqa: E402
-from fedgen.run import Experiment, backbone_path, client_logic  # noqa: E402
+from fedgen.registry import make_task  # noqa: E402
 from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
 
 GOAL = 1.03
@@ -82,7 +83,7 @@ class _CountingRuntime(InProcessRuntime):
 def run_federated(exp: Experiment, init: State, rounds: int, runtime: Any = None) -> State:
     cfg = exp.cfg
     if runtime is None:
-        runtime = InProcessRuntime(client_logic(exp), exp.data, cfg.seed)
+        runtime = InProcessRuntime(exp.spec.client_logic(exp), exp.data, cfg.seed)
     return federate(
         runtime,
         init,
@@ -233,8 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg: Config = load_config(args.config, [*args.set, f"threads={args.threads}"])
     torch.set_num_threads(args.threads)
 
-    bb = backbone_path(cfg)
-    if not (bb / "config.json").is_file():
+    task = make_task(cfg)
+    bb = task.backbone_path()
+    if not task.backbone_ready(bb):
         print(f"No cached backbone for this config: pretraining one into {bb} (one-off, not timed)")
     t_build = time.perf_counter()
     exp = Experiment.build(cfg, progress=False)
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     # Untimed warm-up of each variant; it also checks step counts and equivalence.
-    counter = _CountingRuntime(client_logic(exp), exp.data, cfg.seed)
+    counter = _CountingRuntime(exp.spec.client_logic(exp), exp.data, cfg.seed)
     fed_ref = run_federated(exp, init, args.rounds, counter)
     bare_ref, bare_steps = run_bare(exp, init, args.rounds)
     if not counter.steps == bare_steps == n_steps:

@@ -10,12 +10,16 @@ import torch
 from conftest import tiny_raw
 from fedgen.compare import compare
 from fedgen.config import config_from_dict
+from fedgen.drivers import pooled_data
+from fedgen.errors import FedgenError
+from fedgen.experiment import Experiment
 from fedgen.fl.algorithms import ALGORITHMS, DittoClient, FedPerClient
 from fedgen.fl.client import derive_seed
 from fedgen.fl.comm import serialize, upload_total_formula
 from fedgen.models.gpt import build_gpt, count_params, freeze, gpt2_config
-from fedgen.models.lora import add_lora, lora_parameters
-from fedgen.run import Experiment, client_logic, pooled_data, run_experiment
+from fedgen.models.lora import add_lora
+from fedgen.models.params import ParamSet
+from fedgen.run import run_experiment
 
 pytestmark = pytest.mark.realdata
 
@@ -46,7 +50,7 @@ def test_all_algorithms_share_data_partition_backbone_and_round_zero(summaries, 
 
 def test_fedper_never_uploads_its_personal_layers(summaries, shared_root, data_root):
     exp = Experiment.build(config_from_dict(raw_for(shared_root, data_root, "fedper")), progress=False)
-    logic = client_logic(exp)
+    logic = exp.spec.client_logic(exp)
     assert isinstance(logic, FedPerClient)
     personal = logic.personal_keys
     assert personal and all(k.startswith(("transformer.h.1.", "transformer.ln_f.")) for k in personal)
@@ -121,7 +125,7 @@ def test_paper_config_upload_arithmetic():
     model = build_gpt(gpt2_config(10_000, 6, 768, 12, 128, 0.0), seed=0)
     full = count_params(model)
     freeze(model)
-    lora = sum(p.numel() for p in lora_parameters(add_lora(model, 8, 16, ["q_proj", "v_proj"])))
+    lora = ParamSet(add_lora(model, 8, 16, ["q_proj", "v_proj"]), "lora").numel()
     assert (full, lora) == (50_307_072, 147_456)
     assert upload_total_formula(500, 10, lora) == 2_949_120_000  # FedGen-Edge: 2.95 GB
     assert upload_total_formula(500, 10, full) == 1_006_141_440_000  # FedAvg (full): 1.006 TB
@@ -157,3 +161,26 @@ def test_compare_tabulates_mean_and_std_and_skips_finished_runs(shared_root, dat
     monkeypatch.setattr(cmp, "run_experiment", lambda *a, **k: pytest.fail("finished runs must be skipped"))
     r2 = compare(cfg, ["local", "central-lora"], [0, 1], out, progress=False)
     assert r2["rows"] == r1["rows"]
+
+
+def test_a_loaded_backbone_is_used_with_its_own_architecture(shared_root, data_root):
+    """model.backbone with 2 blocks, config saying n_layer: 1: FedPer personalizes the backbone's own
+    last block and the summary reports the backbone's architecture, not the config's."""
+    from fedgen.tasks.text.task import TextTask
+
+    two_layers = TextTask(config_from_dict(raw_for(shared_root, data_root, "fedgen"))).ensure_backbone(False)
+    raw = tiny_raw(shared_root, data_root, rounds=1)
+    assert raw["model"]["n_layer"] == 1
+    raw["model"]["backbone"] = str(two_layers)
+    raw["algorithm"] = {"name": "fedper"}
+    exp = Experiment.build(config_from_dict(raw), progress=False)
+    personal = exp.spec.client_logic(exp).personal_keys
+    assert personal and all(k.startswith(("transformer.h.1.", "transformer.ln_f.")) for k in personal)
+    s = run_experiment(config_from_dict(raw), shared_root / "own-architecture", progress=False)
+    assert s["backbone"]["architecture"]["n_layer"] == 2
+    raw["algorithm"]["fedper_personal_blocks"] = 2  # every block of the loaded backbone: nothing shared
+    with pytest.raises(FedgenError, match="the backbone has 2 blocks"):
+        run_experiment(config_from_dict(raw), shared_root / "own-architecture-2", progress=False)
+    raw["model"]["context"] = 64  # the backbone was built for 32 tokens
+    with pytest.raises(FedgenError, match="exceeds the backbone's maximum context 32"):
+        Experiment.build(config_from_dict(raw), progress=False)

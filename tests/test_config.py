@@ -9,6 +9,7 @@ import pytest
 from fedgen import cli
 from fedgen.config import Config, apply_overrides, config_from_dict, load_config
 from fedgen.errors import ConfigError
+from fedgen.tasks.text.task import TextTask
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -32,7 +33,8 @@ def test_defaults_load_and_equal_the_paper_settings() -> None:
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (6, 768, 12)
     assert cfg.lora.r == 8
     assert cfg.lora.alpha == 16
-    assert cfg.lora.targets == ["q_proj", "v_proj"]
+    assert cfg.lora.targets is None  # the task's default: for text, the paper's q and v
+    assert TextTask.lora_targets(cfg) == ["q_proj", "v_proj"]
 
 
 def test_empty_yaml_file_gives_the_defaults(tmp_path: Path) -> None:

@@ -14,12 +14,20 @@ from conftest import tiny_raw
 from fedgen.cli import main
 from fedgen.config import config_from_dict
 from fedgen.errors import CheckpointError, UpdateError
+from fedgen.experiment import Experiment
 from fedgen.fl.client import FitResult
 from fedgen.fl.comm import serialize
 from fedgen.fl.server import federate, sample_clients
 from fedgen.models.gpt import load_backbone
 from fedgen.models.lora import read_adapter
-from fedgen.run import SUMMARY_FIELDS, Experiment, backbone_path, run_experiment
+from fedgen.run import run_experiment
+from fedgen.summary import SUMMARY_FIELDS, task_fields
+from fedgen.tasks.text.task import TextTask
+
+
+def backbone_path(cfg):
+    return TextTask(cfg).backbone_path()
+
 
 pytestmark = pytest.mark.realdata
 
@@ -48,6 +56,7 @@ def test_a_short_federation_on_real_ptb_lowers_perplexity(finished):
 def test_summary_follows_the_documented_schema_and_run_dir_layout(finished):
     run, s = finished
     assert set(SUMMARY_FIELDS) <= set(s)
+    assert set(task_fields(["valid", "test"], ("ppl",), "ppl")) <= set(s)
     assert s["algorithm"] == "fedgen" and s["rounds"] == 3
     assert "offline substitute" in s["backbone"]["source"]
     for name in (
@@ -242,7 +251,7 @@ def test_cli_compare_rejects_unknown_algorithms_and_bad_seeds(tmp_path, capsys):
 def test_a_public_ptb_slice_can_pretrain_the_backbone_and_no_client_holds_it(shared_root, data_root):
     from fedgen.data.partition import make_documents
     from fedgen.data.ptb import load_ptb
-    from fedgen.run import ptb_documents
+    from fedgen.tasks.text.data import ptb_documents
 
     raw = tiny_raw(shared_root, data_root, rounds=1)
     raw["data"]["public_docs"] = 30

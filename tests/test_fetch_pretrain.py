@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import closed_port
-from fedgen.data import corpus
-from fedgen.data.corpus import PRETRAIN_MANIFEST, PretrainDownload, fetch_pretrain, pretrain_files
+from fedgen.data import corpus_fetch as corpus
+from fedgen.data.corpus import pretrain_files
+from fedgen.data.corpus_fetch import PRETRAIN_MANIFEST, PretrainDownload, fetch_pretrain
 from fedgen.errors import DataError
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -12,15 +12,16 @@ from torch import nn
 
 from fedgen.cli import main
 from fedgen.config import ConfigError, config_from_dict
-from fedgen.fl.algorithms import fedper_gan_personal_keys
+from fedgen.experiment import Experiment
 from fedgen.fl.client import Client, ClientData, LocalTrainConfig
 from fedgen.models.conv_lora import LoraConvTranspose2d, add_generator_lora, load_image_adapter
 from fedgen.models.dcgan import GanConfig, build_gan, count, load_gan, save_gan
 from fedgen.models.lora import save_adapter
 from fedgen.models.params import ParamSet
-from fedgen.run import Experiment, run_experiment
+from fedgen.run import run_experiment
 from fedgen.rundir import read_state
-from fedgen.tasks.image import ClassMixtureReference, Images, ImageTask, stratified_labels
+from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, stratified_labels
+from fedgen.tasks.image.task import fedper_gan_personal_keys, generator_blocks
 
 SMALL = GanConfig(nz=16, ngf=8, ndf=8)
 
@@ -111,8 +112,11 @@ def test_gan_checkpoint_round_trip_and_corruption_is_a_clear_error(tmp_path):
 
 
 def test_fedper_keeps_the_last_generator_block_and_the_discriminator_head_personal():
-    keys = list(dict(build_gan(SMALL, 0).named_parameters()))
-    personal = fedper_gan_personal_keys(keys, 1)
+    gan = build_gan(SMALL, 0)
+    keys = list(dict(gan.named_parameters()))
+    personal = fedper_gan_personal_keys(gan, keys, 1)
+    blocks = [("net.0.", "net.1."), ("net.3.", "net.4."), ("net.6.", "net.7."), ("net.9.",)]
+    assert generator_blocks(gan) == [tuple(f"generator.{p}" for p in b) for b in blocks]  # read from G
     assert "generator.net.9.weight" in personal and "discriminator.head.weight" in personal
     assert "generator.net.0.weight" not in personal and "discriminator.features.0.weight" not in personal
 
@@ -120,9 +124,9 @@ def test_fedper_keeps_the_last_generator_block_and_the_discriminator_head_person
 # ---------------------------------------------------------------------------------------------- task
 
 
-def _task(gan, reset: bool) -> ImageTask:
+def _task(gan, reset: bool) -> GanObjective:
     d0 = {k: v.clone() for k, v in gan.discriminator.state_dict().items()} if reset else None
-    return ImageTask(nz=SMALL.nz, num_classes=10, discriminator_init=d0, d_lr=2e-4, betas=(0.5, 0.999))
+    return GanObjective(nz=SMALL.nz, num_classes=10, discriminator_init=d0, d_lr=2e-4, betas=(0.5, 0.999))
 
 
 def test_fedgen_local_training_changes_only_generator_lora_and_resets_the_discriminator():
@@ -274,11 +278,11 @@ def test_every_baseline_runs_on_the_image_task(algorithm, image_root, cifar_root
 
 
 def test_image_partition_keeps_the_public_slice_away_from_clients(finished_image, image_root, cifar_root):
-    from fedgen.image_run import splits
+    from fedgen.tasks.image.data import splits
 
     cfg = config_from_dict(tiny_image_raw(image_root, cifar_root))
     exp = Experiment.build(cfg, progress=False)
-    public, pool = splits(cfg, exp.extra["cifar"])
+    public, pool = splits(cfg, exp.task.cifar)
     assert not set(public.tolist()) & set(pool.tolist()) and len(pool) == 320
     assert sum(len(d.train) + len(d.test) for d in exp.data.values()) == 320
 

@@ -26,10 +26,24 @@ from fedgen.models.gpt import (
     save_backbone,
     split_qkv,
 )
-from fedgen.models.lora import adapter_state, add_lora, load_adapter_state, lora_parameters, save_adapter
+from fedgen.models.lora import add_lora, save_adapter
+from fedgen.models.params import ParamSet
 
 VOCAB, N_LAYER, N_EMBD, CONTEXT = 50, 2, 32, 16
 R, ALPHA, TARGETS = 8, 16.0, ["q_proj", "v_proj"]
+
+
+def adapter_state(model):
+    """The exchanged LoRA state (what clients upload), detached copies."""
+    return ParamSet(model, "lora").state()
+
+
+def load_adapter_state(model, state) -> None:
+    ParamSet(model, "lora").load(state)
+
+
+def lora_parameters(model):
+    return ParamSet(model, "lora").parameters()
 
 
 def tiny_config():
@@ -159,6 +173,21 @@ def test_adapter_state_round_trips_through_load_adapter_state(ids: torch.Tensor)
     for k, v in adapter_state(target).items():
         assert torch.equal(v, state[k]), k
     assert torch.equal(logits(target, ids), logits(source, ids))
+
+
+def test_exchange_keys_are_pefts_own_saved_keys() -> None:
+    from peft import get_peft_model_state_dict
+
+    model = tiny_adapted()
+    assert list(adapter_state(model)) == sorted(get_peft_model_state_dict(model))
+
+
+def test_a_param_set_leaves_requires_grad_alone_until_asked() -> None:
+    model = tiny_backbone()
+    params = ParamSet(model, "full")
+    assert not any(p.requires_grad for p in model.parameters())
+    params.mark_trainable()
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_adapter_state_is_a_detached_copy() -> None:

@@ -23,11 +23,9 @@ def _load(args) -> object:
 
 
 def _result_table(summary: dict) -> str:
-    if summary.get("task") == "image":
-        from fedgen.report.image import result_table
-    else:
-        from fedgen.report.text import result_table
-    return result_table(summary)
+    from fedgen.registry import task_class
+
+    return task_class(summary.get("task", "text")).report.result_table(summary)
 
 
 def cmd_run(args) -> int:
@@ -53,13 +51,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from fedgen.compare import ORDER, compare
+    from fedgen.compare import compare
+    from fedgen.registry import algorithm_names
 
     cfg = _load(args)
-    algs = ORDER if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
-    unknown = [a for a in algs if a not in ORDER]
+    known = algorithm_names()
+    algs = known if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
+    unknown = [a for a in algs if a not in known]
     if unknown:
-        raise FedgenError(f"unknown algorithm(s) {unknown}; choose from {', '.join(ORDER)} or 'all'")
+        raise FedgenError(f"unknown algorithm(s) {unknown}; choose from {', '.join(known)} or 'all'")
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
@@ -73,62 +73,38 @@ def cmd_compare(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from fedgen.pretrain import pretrain_backbone
-    from fedgen.run import backbone_path
+    from fedgen.registry import make_task
 
     cfg = _load(args)
     if args.task and args.task != cfg.task:
         raise FedgenError(f"--task {args.task}: the config is for the {cfg.task} task (set task: in it)")
-    if cfg.task == "image":
-        from fedgen.image_run import gan_backbone_path, pretrain_gan
-
-        default, marker, pretrain, what = gan_backbone_path, "fedgen_gan.json", pretrain_gan, "GAN backbone"
-    else:
-        default, marker, pretrain, what = backbone_path, "config.json", pretrain_backbone, "backbone"
-    out = Path(args.out) if args.out else default(cfg)
-    if (out / marker).is_file() and not args.force:
-        print(f"{what} already exists: {out} (use --force to retrain)")
+    task = make_task(cfg)
+    out = Path(args.out) if args.out else task.backbone_path()
+    if task.backbone_ready(out) and not args.force:
+        print(f"backbone already exists: {out} (use --force to retrain)")
         return 0
-    pretrain(cfg, out, progress=not args.quiet)
+    task.pretrain(out, progress=not args.quiet)
     return 0
 
 
 def cmd_generate(args) -> int:
     from fedgen.config import load_config
-    from fedgen.run import Experiment, saved_model_state
+    from fedgen.experiment import Experiment
+    from fedgen.run import saved_model_state
 
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
         raise FedgenError(f"{run} is not a run directory (no config.yaml)")
     exp = Experiment.build(load_config(run / "config.yaml"), progress=False)
     exp.params.load(saved_model_state(exp, run, args.client))
-    if exp.cfg.task == "image":
-        import torch
-
-        from fedgen.image_run import save_grid
-
-        classes = exp.task.num_classes
-        labels = torch.arange(classes).repeat_interleave(args.num)
-        who = "global" if args.client is None else f"client_{args.client:03d}"
-        out = Path(args.out) if args.out else run / "samples" / f"generate-{who}-seed{args.seed}.png"
-        save_grid(exp.task.generate(exp.params.model, labels, seed=args.seed), out, rows=classes)
-        print(f"{classes} classes x {args.num} samples written to {out}")
-        return 0
-    for i in range(args.num):
-        text = exp.task.sample(
-            exp.params.model,
-            args.prompt,
-            max_new_tokens=args.max_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k or None,
-            seed=args.seed + i,
-        )
-        print(text)
+    who = "global" if args.client is None else f"client_{args.client:03d}"
+    print(exp.task.generate(exp, run, who, args))
     return 0
 
 
 def cmd_report(args) -> int:
-    from fedgen.run import RunDir
+    from fedgen.registry import task_class
+    from fedgen.rundir import RunDir
 
     rd = RunDir(Path(args.run))
     if not (rd.path / "summary.json").is_file():
@@ -136,17 +112,14 @@ def cmd_report(args) -> int:
     summary = json.loads((rd.path / "summary.json").read_text())
     pers_file = rd.path / "personalization.json"
     pers = json.loads(pers_file.read_text()) if pers_file.is_file() else None
-    if summary.get("task") == "image":
-        from fedgen.report.image import write_report
-    else:
-        from fedgen.report.text import write_report
-    print(write_report(rd.path, summary, rd.read_metrics(), pers))
-    print(_result_table(summary))
+    report = task_class(summary.get("task", "text")).report
+    print(report.write_report(rd.path, summary, rd.read_metrics(), pers))
+    print(report.result_table(summary))
     return 0
 
 
 def cmd_data(args) -> int:
-    from fedgen.data import cifar10, corpus, ptb
+    from fedgen.data import cifar10, corpus, corpus_fetch, ptb
 
     if args.action == "fetch":
         if args.dataset == "ptb":
@@ -156,7 +129,7 @@ def cmd_data(args) -> int:
             folder = cifar10.fetch_cifar10(args.dir, url=args.url or cifar10.CIFAR10_URL, force=args.force)
             print(f"CIFAR-10 ready in {folder}")
         else:
-            folder = corpus.fetch_pretrain(args.dir, base_url=args.url, force=args.force)
+            folder = corpus_fetch.fetch_pretrain(args.dir, base_url=args.url, force=args.force)
             print(f"pre-training corpus ready in {folder}")
     elif args.action == "verify":
         if args.what in ("ptb", "all"):
@@ -169,21 +142,9 @@ def cmd_data(args) -> int:
             paths = cifar10.verify_cifar10(args.dir)
             print(f"CIFAR-10 OK ({len(paths)} files in {ptb.data_root(args.dir) / 'cifar10'})")
     elif args.action == "partition":
-        from fedgen.run import load_partition
+        from fedgen.registry import make_task
 
-        cfg = _load(args)
-        if cfg.task == "image":
-            from fedgen.image_run import load_image_partition, splits
-
-            data = cifar10.load_cifar10(cfg.data.dir)
-            part = load_image_partition(cfg, data.train_y[splits(cfg, data)[1]])
-            print(json.dumps(part.stats["summary"], indent=2))
-            return 0
-        _, part = load_partition(cfg, ptb.load_ptb(cfg.data.dir))
-        s = part.stats["summary"]
-        print(json.dumps(s, indent=2))
-        for t, words in enumerate(part.topic_words):
-            print(f"topic {t:2d} ({s['topic_sizes'].get(str(t), 0):4d} docs): {' '.join(words)}")
+        print(make_task(_load(args)).describe_partition())
     return 0
 
 
@@ -216,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="pre-train the backbone offline (text: public corpus; image: public CIFAR-10 slice)"
     )
     common(pt)
-    pt.add_argument("--task", choices=["text", "image"], help="check that the config is for this task")
+    pt.add_argument("--task", help="check that the config is for this task (text, image, ...)")
     pt.add_argument("--out", help="checkpoint dir (default: the cache slot model.backbone=auto uses)")
     pt.add_argument("--force", action="store_true")
     pt.set_defaults(func=cmd_pretrain)

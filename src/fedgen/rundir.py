@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ from fedgen.models.lora import read_adapter, save_adapter
 from fedgen.models.params import State
 
 MODEL_FILE = "model.safetensors"
+
+
+@dataclass
+class Resume:
+    """Where a run continues: its last completed round, that round's global state, the clients'
+    kept states and the cumulative counters (round 0 and nothing else for a fresh run)."""
+
+    round: int = 0
+    state: State | None = None
+    kept: dict[int, State] = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)
 
 
 def write_state(path: Path, state: State, peft_model=None) -> Path:
@@ -86,10 +98,10 @@ class RunDir:
         for old in sorted(ckdir.glob("round_[0-9][0-9][0-9][0-9]"))[:-keep]:
             shutil.rmtree(old)
 
-    def load_resume(self) -> tuple[int, State | None, dict[int, State], dict]:
-        """(last completed round, its global state, kept client states, counters); round 0 if fresh."""
+    def load_resume(self) -> Resume:
+        """The last checkpoint (metrics.jsonl is cut back to it); ``Resume()`` for a fresh run."""
         if not self.state_file.is_file():
-            return 0, None, {}, {}
+            return Resume()
         try:
             st = json.loads(self.state_file.read_text())
             rnd = int(st.pop("round"))
@@ -102,4 +114,4 @@ class RunDir:
         kept = {int(p.name.split("_")[1]): read_state(p) for p in sorted((ck / "kept").glob("client_*"))}
         rows = [r for r in self.read_metrics() if r["round"] <= rnd]
         self.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return rnd, state, kept, st
+        return Resume(rnd, state, kept, st)

@@ -9,7 +9,7 @@ import torch
 
 from fedgen.errors import UpdateError
 
-State = Mapping[str, torch.Tensor]
+State = Mapping[str, torch.Tensor]  # read-only view of fedgen.models.params.State
 
 
 def validate_update(update: State, reference: State, who: str = "client") -> None:

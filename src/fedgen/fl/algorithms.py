@@ -8,22 +8,40 @@ algorithm      trains  mode       uploaded / kept on the client
 fedgen         LoRA    federated  whole adapter; after the last round each client fine-tunes
                                   the global adapter for ``personalize.epochs``
 fedavg-full    all     federated  every model parameter
-fedper         all     federated  all but the personal layers (last ``fedper_personal_blocks``
-                                  transformer blocks + final LayerNorm), which never leave it
+fedper         all     federated  all but the personal layers (the task's last
+                                  ``fedper_personal_blocks`` blocks), which never leave it
 ditto          LoRA    federated  global adapter w by FedAvg; personal adapter v_k trained with
                                   loss + lambda/2 ||v_k - w||^2 is kept
 local          LoRA    local      nothing: each client trains its own adapter on its own data
 central-full   all     central    nothing (raw data pooled centrally): upper bound
 central-lora   LoRA    central    nothing (raw data pooled centrally)
 =============  ======  =========  ==========================================================
+
+A new algorithm is an :class:`AlgorithmSpec` passed to :func:`register_algorithm` (federated
+ones with a ``client_logic`` factory: what a client trains, uploads and keeps).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from fedgen.fl.client import Client, ClientData, FitResult, derive_seed
 from fedgen.models.params import State
+
+if TYPE_CHECKING:
+    from fedgen.experiment import Experiment
+
+
+class ClientLogic(Protocol):
+    """What a federated algorithm does on a client, and what the client keeps between rounds."""
+
+    kept: dict[int, State]
+
+    def fit(self, state: State, data: ClientData, seed: int) -> FitResult: ...
+    def personalized(self, global_state: State) -> Callable[[int], State] | None: ...
+    def server_part(self, state: State) -> State: ...
 
 
 @dataclass(frozen=True)
@@ -31,43 +49,20 @@ class AlgorithmSpec:
     name: str
     trains: str  # "lora" | "full"
     mode: str  # "federated" | "local" | "central"
-    has_global: bool  # a single global model exists and is evaluated on PTB valid/test
+    has_global: bool  # a single global model exists and is evaluated on the global sets
     personalized: str | None  # "finetune" | "kept" | None
+    client_logic: Callable[[Experiment], ClientLogic] | None = None  # federated mode only
 
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {
-    s.name: s
-    for s in (
-        AlgorithmSpec("fedgen", "lora", "federated", True, "finetune"),
-        AlgorithmSpec("fedavg-full", "full", "federated", True, None),
-        AlgorithmSpec("fedper", "full", "federated", False, "kept"),
-        AlgorithmSpec("ditto", "lora", "federated", True, "kept"),
-        AlgorithmSpec("local", "lora", "local", False, "kept"),
-        AlgorithmSpec("central-full", "full", "central", True, None),
-        AlgorithmSpec("central-lora", "lora", "central", True, None),
-    )
-}
+ALGORITHMS: dict[str, AlgorithmSpec] = {}
 
 
-def fedper_personal_keys(keys: list[str], n_layer: int, personal_blocks: int) -> list[str]:
-    """FedPer's personal tensors: the last ``personal_blocks`` transformer blocks and ``ln_f``.
-
-    GPT-2's LM head is tied to the input embedding, so it stays shared with it.
-    """
-    prefixes = tuple(f"transformer.h.{i}." for i in range(n_layer - personal_blocks, n_layer))
-    return [k for k in keys if k.startswith(prefixes) or k.startswith("transformer.ln_f.")]
-
-
-GAN_GENERATOR_BLOCKS = (("net.0.", "net.1."), ("net.3.", "net.4."), ("net.6.", "net.7."), ("net.9.",))
-
-
-def fedper_gan_personal_keys(keys: list[str], personal_blocks: int) -> list[str]:
-    """FedPer on the conditional GAN: the generator's last ``personal_blocks`` (transposed conv +
-    BatchNorm) blocks and the discriminator's head (output conv + class projection)."""
-    blocks = GAN_GENERATOR_BLOCKS[len(GAN_GENERATOR_BLOCKS) - personal_blocks :]
-    prefixes = tuple(f"generator.{p}" for b in blocks for p in b)
-    prefixes += ("discriminator.head.", "discriminator.embed.")
-    return [k for k in keys if k.startswith(prefixes)]
+def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:
+    """Make ``algorithm.name: spec.name`` select ``spec`` (see :mod:`fedgen.registry`)."""
+    if spec.mode == "federated" and spec.client_logic is None:
+        raise ValueError(f"federated algorithm {spec.name!r} needs a client_logic factory")
+    ALGORITHMS[spec.name] = spec
+    return spec
 
 
 class FedAvgClient:
@@ -125,3 +120,29 @@ class DittoClient(FedAvgClient):
         v = self.client.fit(self.kept.get(k, w), data, derive_seed(seed, "ditto"), prox=(self.lam, w))
         self.kept[k] = v.state
         return FitResult(k, r.state, r.num_examples, {**r.metrics, "personal_loss": v.metrics["train_loss"]})
+
+
+def _fedper(exp: Experiment) -> FedPerClient:
+    blocks = exp.cfg.algorithm.fedper_personal_blocks
+    personal = exp.task.personal_keys(exp.params.model, exp.params.keys(), blocks)
+    return FedPerClient(exp.client, personal, {k: exp.init[k] for k in personal})
+
+
+def _ditto(exp: Experiment) -> DittoClient:
+    return DittoClient(exp.client, exp.cfg.algorithm.ditto_lambda)
+
+
+def _fedavg(exp: Experiment) -> FedAvgClient:
+    return FedAvgClient(exp.client)
+
+
+for _spec in (
+    AlgorithmSpec("central-full", "full", "central", True, None),
+    AlgorithmSpec("central-lora", "lora", "central", True, None),
+    AlgorithmSpec("local", "lora", "local", False, "kept"),
+    AlgorithmSpec("fedavg-full", "full", "federated", True, None, _fedavg),
+    AlgorithmSpec("fedper", "full", "federated", False, "kept", _fedper),
+    AlgorithmSpec("ditto", "lora", "federated", True, "kept", _ditto),
+    AlgorithmSpec("fedgen", "lora", "federated", True, "finetune", _fedavg),
+):
+    register_algorithm(_spec)

@@ -16,7 +16,7 @@ import numpy as np
 from fedgen.fl.aggregate import fedavg, validate_update
 from fedgen.fl.client import FitResult, derive_seed
 from fedgen.fl.comm import serialize
-from fedgen.models.lora import State
+from fedgen.models.params import State
 
 
 class Runtime(Protocol):

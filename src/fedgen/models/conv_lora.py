@@ -65,9 +65,14 @@ def generator_conv_names(model: nn.Module) -> list[str]:
     ]
 
 
-def add_generator_lora(gan: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> PeftModel:
-    """Wrap a GAN with LoRA on every convolution of its generator (the discriminator is untouched)."""
-    return get_peft_model(gan, conv_lora_config(r, alpha, generator_conv_names(gan), dropout))
+def add_generator_lora(
+    gan: nn.Module, r: int, alpha: float, dropout: float = 0.0, targets: list[str] | None = None
+) -> PeftModel:
+    """Wrap a GAN with LoRA on its generator's convolutions (``targets``: module names; default all).
+
+    The discriminator is untouched."""
+    names = generator_conv_names(gan) if targets is None else targets
+    return get_peft_model(gan, conv_lora_config(r, alpha, names, dropout))
 
 
 def load_image_adapter(gan: nn.Module, path) -> PeftModel:

@@ -1,9 +1,9 @@
 """LoRA adapters via Hugging Face PEFT, and adapter state <-> PEFT safetensors.
 
-The federated "model" is the adapter state: an ordered ``dict[str, Tensor]`` with
-PEFT's own key names (``get_peft_model_state_dict``), so a saved adapter is a
-plain PEFT adapter directory that ``PeftModel.from_pretrained`` loads onto the
-same (q/k/v-split) backbone.
+The federated "model" is the adapter state (:class:`fedgen.models.params.ParamSet`): an
+ordered ``dict[str, Tensor]`` with PEFT's own saved key names, so a saved adapter is a
+plain PEFT adapter directory that ``PeftModel.from_pretrained`` loads onto the same
+(q/k/v-split) backbone.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fedgen.errors import CheckpointError
-
-State = dict[str, torch.Tensor]
+from fedgen.models.params import State
 
 
 def lora_config(r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> LoraConfig:
@@ -37,33 +35,6 @@ def lora_config(r: int, alpha: float, targets: list[str], dropout: float = 0.0) 
 def add_lora(model: nn.Module, r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> PeftModel:
     """Wrap a frozen backbone with LoRA on ``targets`` (B initialised to zero)."""
     return get_peft_model(model, lora_config(r, alpha, targets, dropout))
-
-
-def adapter_state(model: PeftModel) -> State:
-    """The trainable adapter tensors (detached copies), in a stable key order."""
-    sd = get_peft_model_state_dict(model)
-    return OrderedDict((k, sd[k].detach().clone()) for k in sorted(sd))
-
-
-def load_adapter_state(model: PeftModel, state: State) -> None:
-    """Copy ``state`` into the model's adapter in place (keys and shapes must match exactly)."""
-    expected = get_peft_model_state_dict(model)
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"adapter does not fit this model (missing {missing[:2]}, unexpected {extra[:2]})"
-        )
-    for k, ref in expected.items():
-        if tuple(state[k].shape) != tuple(ref.shape):
-            raise CheckpointError(
-                f"adapter tensor {k} has shape {tuple(state[k].shape)}, the model expects {tuple(ref.shape)} "
-                "(was it trained with another LoRA rank or backbone?)"
-            )
-    set_peft_model_state_dict(model, state)
-
-
-def lora_parameters(model: PeftModel) -> list[nn.Parameter]:
-    return [p for n, p in model.named_parameters() if "lora_" in n]
 
 
 def save_adapter(model: PeftModel, state: State, path: str | Path) -> Path:
@@ -89,3 +60,14 @@ def read_adapter(path: str | Path) -> State:
         raise CheckpointError(f"adapter {f} is corrupt: {e}") from None
     # PEFT saves without the adapter name; our in-memory keys carry none either.
     return OrderedDict((k, sd[k]) for k in sorted(sd))
+
+
+def init_adapter(model: nn.Module, seed: int) -> None:
+    """Re-initialise every LoRA layer from ``seed`` (A random, B = 0): the adapter is a pure function
+    of the seed, whatever consumed the global RNG before."""
+    import torch
+
+    torch.manual_seed(seed)
+    for mod in model.modules():
+        if hasattr(mod, "reset_lora_parameters"):
+            mod.reset_lora_parameters("default", True)

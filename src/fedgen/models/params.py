@@ -15,23 +15,37 @@ from torch import nn
 
 from fedgen.errors import CheckpointError
 
-State = dict[str, torch.Tensor]
+State = dict[str, torch.Tensor]  # an ordered name -> tensor mapping: what clients and server exchange
+
+ADAPTER_NAME = "default"
+
+
+def exchange_key(param_name: str) -> str:
+    """A LoRA parameter's exchange key: PEFT's saved key (the adapter name dropped).
+
+    ``...q_proj.lora_A.default.weight`` -> ``...q_proj.lora_A.weight``, exactly what
+    ``get_peft_model_state_dict`` writes, so a state is a loadable PEFT adapter.
+    """
+    return param_name.replace(f".{ADAPTER_NAME}.", ".")
 
 
 class ParamSet:
-    """A fixed, ordered set of a model's parameters, addressed by exchange keys."""
+    """A fixed, ordered set of a model's parameters, addressed by exchange keys.
+
+    It never changes ``requires_grad``: :meth:`mark_trainable` does that, when asked.
+    """
 
     def __init__(self, model: nn.Module, kind: str):
         if kind not in ("lora", "full"):
             raise ValueError(f"unknown parameter set {kind!r}")
         self.model, self.kind = model, kind
         named = model.named_parameters()  # deduplicates tied weights
-        if kind == "lora":
-            pairs = [(n.replace(".default", ""), p) for n, p in named if "lora_" in n]
-        else:
-            pairs = list(named)
+        pairs = [(exchange_key(n), p) for n, p in named if "lora_" in n] if kind == "lora" else list(named)
         self.params: OrderedDict[str, nn.Parameter] = OrderedDict(sorted(pairs))
-        for p in model.parameters():
+
+    def mark_trainable(self) -> None:
+        """Freeze every parameter of the model except this set's."""
+        for p in self.model.parameters():
             p.requires_grad_(False)
         for p in self.params.values():
             p.requires_grad_(True)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
+from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.client import ClientData, FitResult, derive_seed
 from fedgen.models.params import State
-
-
-class ClientLogic(Protocol):
-    def fit(self, state: State, data: ClientData, seed: int) -> FitResult: ...
 
 
 class InProcessRuntime:

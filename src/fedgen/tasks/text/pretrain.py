@@ -12,16 +12,20 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from fedgen.config import Config
 from fedgen.data.corpus import load_pretrain_corpus
 from fedgen.data.ptb import load_ptb
 from fedgen.fl.client import derive_seed
 from fedgen.models.gpt import build_gpt, count_params, gpt2_config, save_backbone
-from fedgen.tasks.text import TextTask
+from fedgen.tasks.text.data import ptb_documents
+from fedgen.tasks.text.lm import LMObjective
+
+if TYPE_CHECKING:
+    from fedgen.config import Config
 
 SOURCE_LABEL = "fedgen-pretrain (offline substitute for a public GPT-2 checkpoint)"
 
@@ -40,8 +44,6 @@ def public_text(cfg: Config, ptb) -> tuple[list[list[str]], dict]:
         load_pretrain_corpus(cfg.data.dir, ptb.vocab, corpus) if corpus else ([], {"sources": {}})
     )
     if "ptb-public" in cfg.pretrain.sources:
-        from fedgen.run import ptb_documents
-
         public = [s for doc in ptb_documents(cfg, ptb)[0] for s in doc]
         words = sum(len(s) - 1 for s in public)
         stats["sources"]["ptb-public"] = {
@@ -70,7 +72,7 @@ def pretrain_backbone(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     ptb = load_ptb(cfg.data.dir)
     m, p = cfg.model, cfg.pretrain
     sentences, corpus_stats = public_text(cfg, ptb)
-    task = TextTask(ptb.vocab, m.context)
+    task = LMObjective(ptb.vocab, m.context)
     examples = task.examples(task.stream(sentences))
     model = build_gpt(
         gpt2_config(len(ptb.vocab), m.n_layer, m.n_embd, m.n_head, m.context, m.dropout), p.seed

@@ -1,6 +1,6 @@
 """Class-conditional image generation (CIFAR-10): GAN training steps, evaluation, sampling.
 
-The image task's half of the Task interface (see :mod:`fedgen.tasks.text` for the other):
+The image task's :class:`~fedgen.tasks.base.Objective`:
 ``batches`` / ``loss`` / ``begin_local`` drive the shared loop
 (:func:`fedgen.fl.client.local_train`), ``evaluate`` scores a model, ``generate`` samples.
 
@@ -26,7 +26,7 @@ scored in the feature space of a small CIFAR-10 classifier trained once on the t
 split: the Frechet distance to the CIFAR-10 test set's features re-weighted to the same
 class histogram ("FD-classifier", **not comparable to Inception FID**) and the accuracy of
 the classifier on the samples (does label y produce class y?). Inception FID/KID are
-computed once per run at the end (:func:`fedgen.image_eval.final_image_metrics`).
+computed once per run at the end (:func:`fedgen.tasks.image.metrics.final_image_metrics`).
 """
 
 from __future__ import annotations
@@ -104,10 +104,9 @@ class ClassMixtureReference:
         return mu, sigma
 
 
-class ImageTask:
-    """The image task (conditional GAN on CIFAR-10-like data)."""
+class GanObjective:
+    """The image task's :class:`~fedgen.tasks.base.Objective` (conditional GAN on CIFAR-10-like data)."""
 
-    name = "image"
     metric = "fdc"  # the per-round quality figure: FD-classifier (lower is better)
     global_keys = ("fdc", "acc")
 
@@ -122,13 +121,14 @@ class ImageTask:
         classifier=None,
         reference: ClassMixtureReference | None = None,
         eval_samples: int = 1000,
+        local_samples: int = 100,
         sample_batch: int = 100,
     ):
         self.nz, self.num_classes = nz, num_classes
         self.discriminator_init = discriminator_init  # None: the discriminator is part of the state
         self.d_lr, self.betas = d_lr, betas
         self.classifier, self.reference = classifier, reference
-        self.eval_samples, self.sample_batch = eval_samples, sample_batch
+        self.eval_samples, self.local_samples, self.sample_batch = eval_samples, local_samples, sample_batch
 
     # -- data ---------------------------------------------------------------------------
     def batches(self, examples: Images, batch_size: int, generator: torch.Generator) -> Iterator[Images]:
@@ -209,3 +209,7 @@ class ImageTask:
         fd = frechet_distance_to(feats, *self.reference.stats(hist))
         acc = float((self.classifier.predict(images) == labels.numpy()).mean())
         return {"fdc": fd, "acc": acc, "samples": len(labels)}
+
+    def client_metric(self, model: nn.Module, target: Images, batch_size: int = 64) -> float:
+        """A client's figure: FD-classifier of ``local_samples`` samples with its test split's class mix."""
+        return self.evaluate(model, target, batch_size, n=self.local_samples)["fdc"]

@@ -1,0 +1,217 @@
+"""How an algorithm runs: federated rounds, local-only, centralized, and personalization.
+
+Each driver is a short function of an :class:`~fedgen.experiment.Experiment` and the run
+directory, and returns an :class:`Outcome`. None of them knows the task: training goes through
+``exp.client`` (the one loop, :func:`fedgen.fl.client.local_train`), scores through ``exp``'s
+evaluators, and federated rounds through :func:`fedgen.fl.server.federate` over a runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fedgen.experiment import Experiment, distribution
+from fedgen.fl.client import ClientData, derive_seed
+from fedgen.fl.comm import formula_bytes, num_params
+from fedgen.fl.server import RoundRecord, federate
+from fedgen.models.params import State
+from fedgen.rundir import Resume, RunDir, write_state
+from fedgen.runtime.simulate import InProcessRuntime
+
+
+@dataclass
+class Outcome:
+    """What a driver leaves: the state saved as ``global/`` and the personalization report."""
+
+    final_state: State | None  # the global model (FedPer: its shared layers); None without one
+    personalization: dict | None = None
+    stopped: bool = False  # a federated run stopped early (``stop_after``): resumable, no outputs yet
+
+
+@dataclass
+class Clock:
+    """Wall time of a run, with the time of earlier (resumed) parts added."""
+
+    prior: float = 0.0
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = self.start or time.time()
+
+    def seconds(self) -> float:
+        return round(self.prior + time.time() - self.start, 2)
+
+
+def run_federated(
+    exp: Experiment, rd: RunDir, resume: Resume, clock: Clock, stop_after: int | None, progress: bool
+) -> Outcome:
+    """Rounds ``resume.round + 1 .. fl.rounds`` (or ``stop_after``), evaluated and checkpointed."""
+    cfg, f = exp.cfg, exp.cfg.fl
+    logic = exp.spec.client_logic(exp)
+    logic.kept.update(resume.kept)
+    state = resume.state if resume.state is not None else logic.server_part(exp.init)
+    counters = {"upload_bytes_total": 0, "download_bytes_total": 0, **resume.counters}
+    upload_params = num_params(state)
+    last_round = min(f.rounds, stop_after) if stop_after is not None else f.rounds
+    bar = tqdm(total=max(last_round - resume.round, 0), desc=f"{exp.spec.name} rounds", disable=not progress)
+    cbar = tqdm(desc="clients", disable=not progress, unit="client", leave=False)
+
+    def on_round_end(rec: RoundRecord, new_state: State) -> None:
+        counters["upload_bytes_total"] += rec.upload_bytes
+        counters["download_bytes_total"] += rec.download_bytes
+        row: dict[str, Any] = {
+            **asdict(rec),
+            "upload_bytes_cum": counters["upload_bytes_total"],
+            "download_bytes_cum": counters["download_bytes_total"],
+            "upload_bytes_formula": formula_bytes(upload_params) * len(rec.clients),
+        }
+        final = rec.round == f.rounds
+        if exp.spec.has_global and (rec.round % cfg.eval.every == 0 or final):
+            row.update(exp.evaluate_global(new_state))
+        if rec.round % cfg.eval.local_every == 0 or final:
+            if exp.spec.has_global:
+                row[f"local_test_{exp.metric}"] = distribution(
+                    list(exp.evaluate_local(lambda k: new_state).values())
+                )
+            personal = logic.personalized(new_state)
+            if personal is not None:
+                row[f"local_test_{exp.metric}_personalized"] = distribution(
+                    list(exp.evaluate_local(personal).values())
+                )
+        row["wall_seconds"] = clock.seconds()
+        rd.append_metrics(row)
+        rd.checkpoint(
+            rec.round,
+            new_state,
+            logic.kept,
+            {**counters, "wall_seconds": row["wall_seconds"]},
+            cfg.output.keep_checkpoints,
+            exp.peft_model,
+        )
+        bar.update(1)
+
+    state = federate(
+        InProcessRuntime(logic, exp.data, cfg.seed, progress=cbar),
+        state,
+        num_clients=cfg.data.num_clients,
+        rounds=last_round,
+        fraction=f.fraction,
+        seed=cfg.seed,
+        start_round=resume.round + 1,
+        on_round_end=on_round_end,
+    )
+    bar.close()
+    cbar.close()
+    if last_round < f.rounds:
+        return Outcome(None, stopped=True)
+    if exp.spec.personalized == "finetune":
+        pers = personalize(exp, state, rd, progress) if cfg.personalize.enabled else None
+        return Outcome(state, pers)
+    personal = logic.personalized(state)
+    pers = None
+    if personal is not None:
+        pers = personalization_report(exp, rd, state if exp.spec.has_global else None, personal, logic.kept)
+    return Outcome(state, pers)  # FedPer: the shared layers
+
+
+def run_local(exp: Experiment, rd: RunDir, progress: bool) -> Outcome:
+    """Local-only: each client trains its own adapter on its own data, nothing is communicated."""
+    epochs = exp.budget_epochs()
+    kept: dict[int, State] = {}
+    for k, d in tqdm(exp.data.items(), desc="local clients", disable=not progress, unit="client"):
+        kept[k] = exp.client.fit(exp.init, d, derive_seed(exp.cfg.seed, "local", k), epochs=epochs).state
+    local = exp.evaluate_local(lambda k: kept[k])
+    rd.append_metrics(
+        {
+            "round": 1,
+            "epochs": epochs,
+            f"local_test_{exp.metric}_personalized": distribution(list(local.values())),
+        }
+    )
+    return Outcome(None, personalization_report(exp, rd, None, lambda k: kept[k], kept))
+
+
+def pooled_data(exp: Experiment) -> ClientData:
+    """Every client's training examples in one dataset (centralized baselines)."""
+    parts = [d.train for _, d in sorted(exp.data.items())]
+    return ClientData(-1, exp.objective.concat(parts), torch.empty(0))
+
+
+def run_central(exp: Experiment, rd: RunDir, progress: bool) -> Outcome:
+    """Centralized: all clients' training examples pooled on one machine (an upper bound)."""
+    epochs = exp.budget_epochs()
+    pooled = pooled_data(exp)
+    if progress:
+        print(f"{exp.spec.name}: {epochs} epochs over {len(pooled.train)} pooled training examples")
+    state = exp.client.fit(exp.init, pooled, derive_seed(exp.cfg.seed, "central"), epochs=epochs).state
+    local = exp.evaluate_local(lambda k: state)
+    rd.append_metrics(
+        {
+            "round": 1,
+            "epochs": epochs,
+            **exp.evaluate_global(state),
+            f"local_test_{exp.metric}": distribution(list(local.values())),
+        }
+    )
+    return Outcome(state)
+
+
+# ------------------------------------------------------------------------------ personalization
+
+
+def personalize(exp: Experiment, global_state: State, rd: RunDir, progress: bool = True) -> dict:
+    """FedGen-Edge's last step: each client fine-tunes the final global adapter on its local train split."""
+    cfg = exp.cfg
+    rows = []
+    for k, d in tqdm(exp.data.items(), desc="personalize", disable=not progress, unit="client", leave=False):
+        res = exp.client.fit(global_state, d, derive_seed(cfg.seed, "personalize", k), cfg.personalize.epochs)
+        write_state(rd.path / "clients" / f"client_{k:03d}", res.state, exp.peft_model)
+        if not exp.objective.has_eval_data(d.test):
+            continue
+        rows.append(
+            {
+                "client": k,
+                "num_examples": res.num_examples,
+                "test_size": len(d.test),
+                f"{exp.metric}_global": exp.local_metric(global_state, d),
+                f"{exp.metric}_personalized": exp.local_metric(res.state, d),
+            }
+        )
+    return _personalization_summary(exp, rd, rows)
+
+
+def personalization_report(exp: Experiment, rd: RunDir, global_state, personal, kept) -> dict:
+    """Per-client local-test figure of the global (if any) and personalized models; saves kept states."""
+    rows = []
+    for k, d in exp.data.items():
+        if k in kept:
+            st = kept[k]
+            peft = exp.peft_model if st.keys() == exp.init.keys() else None
+            write_state(rd.path / "clients" / f"client_{k:03d}", st, peft)
+        if not exp.objective.has_eval_data(d.test):
+            continue
+        row = {"client": k, "test_size": len(d.test), "trained": k in kept}
+        if global_state is not None:
+            row[f"{exp.metric}_global"] = exp.local_metric(global_state, d)
+        row[f"{exp.metric}_personalized"] = exp.local_metric(personal(k), d)
+        rows.append(row)
+    return _personalization_summary(exp, rd, rows)
+
+
+def _personalization_summary(exp: Experiment, rd: RunDir, rows: list[dict]) -> dict:
+    g, p = f"{exp.metric}_global", f"{exp.metric}_personalized"
+    out: dict[str, Any] = {
+        "metric": exp.metric,
+        "clients": rows,
+        "personalized": distribution([r[p] for r in rows]),
+    }
+    if rows and g in rows[0]:
+        out["global"] = distribution([r[g] for r in rows])
+        out["improved_fraction"] = sum(r[p] < r[g] for r in rows) / len(rows)  # lower is better
+    rd.write_json("personalization.json", out)
+    return out

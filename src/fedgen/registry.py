@@ -1,0 +1,68 @@
+"""Config names -> tasks and algorithms. The only place that maps a name to an implementation.
+
+Adding a task or an algorithm is one new module plus a config: register it here (built-ins)
+or from your own code before the config is loaded::
+
+    from fedgen.registry import register_task
+    register_task("diffusion", MyDiffusionTask)
+
+Built-in tasks are imported lazily, so importing fedgen does not import every task's
+dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from fedgen.errors import ConfigError
+from fedgen.fl.algorithms import ALGORITHMS, AlgorithmSpec, register_algorithm
+
+if TYPE_CHECKING:
+    from fedgen.config import Config
+    from fedgen.tasks.base import Task
+
+__all__ = ["algorithm", "algorithm_names", "make_task", "register_algorithm", "register_task", "task_class"]
+
+_TASKS: dict[str, type | str] = {
+    "text": "fedgen.tasks.text.task:TextTask",
+    "image": "fedgen.tasks.image.task:ImageTask",
+}
+
+
+def register_task(name: str, cls: type | str) -> None:
+    """Make ``task: name`` in a config select ``cls`` (a Task class or ``"module:Class"``)."""
+    _TASKS[name] = cls
+
+
+def task_names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def task_class(name: str) -> type[Task]:
+    """The Task class registered as ``name`` (a ConfigError naming the known ones otherwise)."""
+    if name not in _TASKS:
+        raise ConfigError(f"config task: unknown task {name!r} (registered: {', '.join(task_names())})")
+    entry = _TASKS[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = _TASKS[name] = getattr(importlib.import_module(module), attr)
+    return entry
+
+
+def make_task(cfg: Config) -> Task:
+    """The config's task, constructed from the config."""
+    return task_class(cfg.task)(cfg)
+
+
+def algorithm(name: str) -> AlgorithmSpec:
+    if name not in ALGORITHMS:
+        raise ConfigError(
+            f"config algorithm.name: unknown algorithm {name!r} (registered: {', '.join(ALGORITHMS)})"
+        )
+    return ALGORITHMS[name]
+
+
+def algorithm_names() -> list[str]:
+    """Registered algorithms, in registration order (the comparison table's row order)."""
+    return list(ALGORITHMS)

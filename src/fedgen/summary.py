@@ -1,0 +1,109 @@
+"""``summary.json``: a run's headline figures, the same schema for every task and algorithm."""
+
+from __future__ import annotations
+
+from fedgen.experiment import Experiment
+from fedgen.fl.comm import formula_bytes
+from fedgen.rundir import RunDir
+
+SUMMARY_VERSION = 3
+# Bump whenever a metric's definition or the training/evaluation code changes what a run measures:
+# finished runs made before then no longer match (fedgen compare reruns them).
+RESULTS_SCHEMA = 1
+SUMMARY_FIELDS = {
+    "summary_version": "schema version of this file",
+    "task": "the config's task (text: PTB perplexity figures; image: test_fdc_*, test_acc_*, fid, ...)",
+    "algorithm": "fedgen | fedavg-full | fedper | ditto | local | central-full | central-lora | ...",
+    "name": "experiment name from the config",
+    "seed": "experiment seed",
+    "backbone": "the task's facts about the loaded backbone: {source, path, params, architecture, ...}",
+    "adapter_params": "trainable LoRA parameters (null when the algorithm trains the full model)",
+    "trained_params": "parameters trained by each client",
+    "upload_params": "parameters each sampled client uploads per round (0 without communication)",
+    "num_clients": "K",
+    "clients_per_round": "round(C*K) (0 without communication)",
+    "rounds": "completed federated rounds (0 for local / central training)",
+    "local_epochs_equivalent": "epochs over a client's data (local) or the pooled data (central)",
+    "upload_bytes_total": "sum over rounds and clients of serialized (safetensors) update bytes",
+    "upload_note": "why upload is 0, where it is",
+    "download_bytes_total": "sum over rounds of serialized global state bytes x clients sampled",
+    "upload_bytes_formula_total": "formula 3.5/3.6: uploads x upload_params x 4 bytes",
+    "bytes_per_upload": "serialized bytes of one client update (null without communication)",
+    "wall_seconds": "wall time of the run (resumed parts added up)",
+    "result_key": "config.result_digest() + results schema: runs with equal keys are comparable",
+}
+# Named after the task's evaluation sets, global figures and per-client metric (text: valid/test, ppl).
+TASK_FIELDS = {
+    "{split}_{key}_initial": "each global figure of the backbone + zero adapter (round 0)",
+    "{split}_{key}_final": "the same for the final global model (null: no global model)",
+    "local_test_{metric}_initial_mean": "mean over clients of their local-test figure, backbone",
+    "local_test_{metric}_global_mean": "the same with the final global model",
+    "local_test_{metric}_personalized_mean": "the same with each client's personalized model",
+    "local_test_{metric}_personalized_median": "median of the same",
+}
+
+
+def task_fields(splits: list[str], keys: tuple[str, ...], metric: str) -> list[str]:
+    """TASK_FIELDS spelled out for a task's evaluation sets, global figures and client metric."""
+    out = []
+    for name in TASK_FIELDS:
+        if "{split}" in name:
+            out += [name.format(split=s, key=k) for s in splits for k in keys]
+        else:
+            out.append(name.format(metric=metric))
+    return out
+
+
+NO_UPLOAD = {
+    "local": "none: no communication (each client trains alone)",
+    "central": "n/a: raw data centralised",
+}
+
+
+def result_key(cfg) -> str:
+    """What a run's results depend on: the result-affecting config and the results schema."""
+    return f"{cfg.result_digest()}-r{RESULTS_SCHEMA}"
+
+
+def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) -> dict:
+    """summary.json's content, read from the run's metrics.jsonl and personalization report."""
+    cfg, spec, metrics = exp.cfg, exp.spec, rd.read_metrics()
+    first, last = metrics[0], metrics[-1]
+    federated = spec.mode == "federated"
+    rounds = [m for m in metrics if m["round"] > 0] if federated else []
+    n_up = sum(len(m["clients"]) for m in rounds)
+    upload_params = (rounds[-1]["upload_bytes_formula"] // 4 // len(rounds[-1]["clients"])) if rounds else 0
+    quality = {}
+    for split in exp.setup.eval_sets:
+        for k in exp.objective.global_keys:
+            quality[f"{split}_{k}_initial"] = first[f"{split}_{k}"]
+            quality[f"{split}_{k}_final"] = last.get(f"{split}_{k}") if spec.has_global else None
+    local = f"local_test_{exp.metric}"
+    return {
+        "summary_version": SUMMARY_VERSION,
+        "task": cfg.task,
+        "algorithm": spec.name,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "backbone": exp.setup.backbone,
+        "adapter_params": exp.params.numel() if spec.trains == "lora" else None,
+        "trained_params": exp.params.numel(),
+        "upload_params": upload_params,
+        "num_clients": cfg.data.num_clients,
+        "clients_per_round": len(rounds[0]["clients"]) if rounds else 0,
+        "rounds": rounds[-1]["round"] if rounds else 0,
+        "local_epochs_equivalent": None if federated else last.get("epochs"),
+        "upload_bytes_total": last["upload_bytes_cum"] if rounds else 0,
+        "upload_note": NO_UPLOAD.get(spec.mode),
+        "download_bytes_total": last["download_bytes_cum"] if rounds else 0,
+        "upload_bytes_formula_total": formula_bytes(upload_params) * n_up,
+        "bytes_per_upload": rounds[-1]["upload_bytes"] // len(rounds[-1]["clients"]) if rounds else None,
+        **quality,
+        f"{local}_initial_mean": first[local]["mean"],
+        f"{local}_global_mean": last[local]["mean"] if spec.has_global else None,
+        f"{local}_personalized_mean": pers["personalized"]["mean"] if pers else None,
+        f"{local}_personalized_median": pers["personalized"]["median"] if pers else None,
+        "wall_seconds": wall,
+        "result_key": result_key(cfg),
+        "run_dir": str(rd.path),
+    }

