@@ -252,7 +252,9 @@ def test_an_int_too_long_to_print_still_gives_one_config_error_line() -> None:
 # ----------------------------------------------------------------------------- malformed overrides (#12.3)
 
 
-@pytest.mark.parametrize("bad", ["fl.lr=[", "fl.lr={", "fl.lr='", "fl.lr=a: b: c", "fl.lr=@x", "name=2020-13-45"])
+@pytest.mark.parametrize(
+    "bad", ["fl.lr=[", "fl.lr={", "fl.lr='", "fl.lr=a: b: c", "fl.lr=@x", "name=2020-13-45"]
+)
 def test_override_value_that_is_not_yaml_is_one_config_error_line(bad: str) -> None:
     with pytest.raises(ConfigError, match="value is not valid YAML") as exc:
         load_config(None, [bad])
