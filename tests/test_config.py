@@ -253,7 +253,18 @@ def test_an_int_too_long_to_print_still_gives_one_config_error_line() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["fl.lr=[", "fl.lr={", "fl.lr='", "fl.lr=a: b: c", "fl.lr=@x", "name=2020-13-45"]
+    "bad",
+    [
+        "fl.lr=[",
+        "fl.lr={",
+        "fl.lr='",
+        "fl.lr=a: b: c",
+        "fl.lr=@x",
+        "name=2020-13-45",
+        "fl.lr=!!float",
+        "fl.rounds=!!int",
+        "personalize.enabled=!!bool",
+    ],
 )
 def test_override_value_that_is_not_yaml_is_one_config_error_line(bad: str) -> None:
     with pytest.raises(ConfigError, match="value is not valid YAML") as exc:
@@ -292,6 +303,8 @@ def test_overrides_do_not_write_through_yaml_aliases(tmp_path: Path) -> None:
         "name: !!binary aGVsbG8=\n",  # bytes
         "lora:\n  targets: !!set {q_proj: null}\n",  # a set
         "name: 2020-13-45\n",  # looks like a date, is not one: PyYAML raises ValueError
+        "fl:\n  lr: !!float\n",  # PyYAML raises IndexError
+        "personalize:\n  enabled: !!bool\n",  # PyYAML raises KeyError
     ],
 )
 def test_unusual_yaml_values_in_a_file_give_a_config_error(tmp_path: Path, text: str) -> None:

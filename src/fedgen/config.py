@@ -397,7 +397,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             )
         try:
             parsed = yaml.safe_load(value)
-        except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: e.g. date 2020-13-01
+        except Exception as e:  # YAMLError, and PyYAML's constructors raise ValueError (date
+            # 2020-13-01), IndexError (!!float), KeyError (!!bool), ... for odd tagged values
             problem = getattr(e, "problem", None) or _one_line(e)
             raise ConfigError(f"config override {_show(item)}: value is not valid YAML ({problem})") from None
         node = raw
@@ -427,7 +428,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             where = f" line {mark.line + 1}" if mark else ""
             problem = getattr(e, "problem", None) or _one_line(e)
             raise ConfigError(f"config file {p}{where}: not valid YAML ({problem})") from None
-        except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, a date 2020-13-01
+        except Exception as e:  # unreadable, not UTF-8, or PyYAML failing on a value (see above)
             raise ConfigError(f"config file {p}: cannot be read as YAML ({_one_line(e)})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {p}: expected a mapping of sections, got {type(raw).__name__}")
