@@ -51,7 +51,7 @@ import torch.nn.functional as F  # noqa: E402
 from fedgen.config import Config, load_config  # noqa: E402
 from fedgen.experiment import Experiment  # noqa: E402
 from fedgen.fl.client import derive_seed  # noqa: E402
-from fedgen.fl.server import federate, sample_clients  # noqa: E402
+from fedgen.fl.server import clients_per_round, federate, sample_clients  # noqa: E402
 from fedgen.registry import make_task  # noqa: E402
 from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if exp.spec.name != "fedgen":
         raise SystemExit(f"overhead: benchmarks algorithm 'fedgen' (LoRA), not {exp.spec.name!r}")
     init = exp.init  # round-0 global adapter (PEFT init for the run's seed)
-    m = max(1, int(round(cfg.fl.fraction * cfg.data.num_clients)))
+    m = clients_per_round(cfg.fl.fraction, cfg.data.num_clients)
     n_steps = expected_steps(exp, args.rounds)
     print(
         f"built experiment '{cfg.name}' in {t_build:.1f}s: K={cfg.data.num_clients}, {m} clients/round, "

@@ -206,3 +206,116 @@ def test_digest_is_stable_for_equal_configs_and_changes_with_any_value() -> None
     assert changed.digest() != a.digest()
     assert changed.digest("model", "lora") == a.digest("model", "lora")
     assert changed.digest("fl") != a.digest("fl")
+
+
+# --------------------------------------------------------------------------------- non-finite numbers (#12.2)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("fl:\n  lr: .nan\n", "fl.lr"),
+        ("fl:\n  max_grad_norm: .nan\n", "fl.max_grad_norm"),
+        ("data:\n  alpha: .inf\n", "data.alpha"),
+        ("fl:\n  weight_decay: -.inf\n", "fl.weight_decay"),
+        ("fl:\n  lr: nan\n", "fl.lr"),  # a string that float() reads as NaN
+        ("fl:\n  lr: 1e999\n", "fl.lr"),  # a string that float() reads as inf
+        ("algorithm:\n  ditto_lambda: .inf\n", "algorithm.ditto_lambda"),  # no upper bound
+        ("image:\n  d_lr: .nan\n", "image.d_lr"),  # float | None
+    ],
+)
+def test_non_finite_numbers_raise_one_config_error_line_naming_the_key(
+    tmp_path: Path, yaml_text: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, yaml_text))
+    msg = str(exc.value)
+    assert msg.startswith(f"config {key}: expected a finite number"), msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", ".nan", ".inf"])
+def test_non_finite_override_is_rejected(value: str) -> None:
+    with pytest.raises(ConfigError, match="config fl.lr: expected a finite number"):
+        load_config(None, [f"fl.lr={value}"])
+
+
+def test_an_int_too_large_for_a_float_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="config fl.lr: expected a number"):
+        config_from_dict({"fl": {"lr": 10**400}})
+
+
+def test_an_int_too_long_to_print_still_gives_one_config_error_line() -> None:
+    with pytest.raises(ConfigError, match="config seed: must be <=") as exc:
+        config_from_dict({"seed": 10**5000})
+    assert len(str(exc.value)) < 200
+
+
+# ----------------------------------------------------------------------------- malformed overrides (#12.3)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "fl.lr=[",
+        "fl.lr={",
+        "fl.lr='",
+        "fl.lr=a: b: c",
+        "fl.lr=@x",
+        "name=2020-13-45",
+        "fl.lr=!!float",
+        "fl.rounds=!!int",
+        "personalize.enabled=!!bool",
+    ],
+)
+def test_override_value_that_is_not_yaml_is_one_config_error_line(bad: str) -> None:
+    with pytest.raises(ConfigError, match="value is not valid YAML") as exc:
+        load_config(None, [bad])
+    msg = str(exc.value)
+    assert msg.startswith(f"config override {bad!r}")
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("bad", ["=3", "fl.=3", "a..b=1", ".fl.rounds=3", " . =3"])
+def test_override_with_an_empty_key_part_is_rejected(bad: str) -> None:
+    with pytest.raises(ConfigError, match="dotted KEY") as exc:
+        apply_overrides({}, [bad])
+    assert "\n" not in str(exc.value)
+
+
+def test_cli_prints_one_error_line_for_a_malformed_set_value(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "--set", "fl.lr=["]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("fedgen: error: config override")
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_overrides_do_not_write_through_yaml_aliases(tmp_path: Path) -> None:
+    path = _write(tmp_path, "eval: &shared {batch_size: 8}\npretrain: *shared\n")
+    cfg = load_config(path, ["eval.batch_size=16"])
+    assert (cfg.eval.batch_size, cfg.pretrain.batch_size) == (16, 8)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: 2020-01-01\n",  # a date: not JSON-serializable
+        "name: !!binary aGVsbG8=\n",  # bytes
+        "lora:\n  targets: !!set {q_proj: null}\n",  # a set
+        "name: 2020-13-45\n",  # looks like a date, is not one: PyYAML raises ValueError
+        "fl:\n  lr: !!float\n",  # PyYAML raises IndexError
+        "personalize:\n  enabled: !!bool\n",  # PyYAML raises KeyError
+    ],
+)
+def test_unusual_yaml_values_in_a_file_give_a_config_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        load_config(_write(tmp_path, text))
+
+
+def test_a_config_file_that_is_not_utf8_gives_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(b"fl:\n  rounds: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(path)

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -214,9 +215,27 @@ def _describe(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr`` for an error line: one line, at most ``limit`` characters, never raises."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits()
+        text = f"<{type(value).__name__} of {value.bit_length()} bits>" if isinstance(value, int) else "<?>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name(key: Any) -> str:
+    """A mapping key as written in an error line (repr when it is not plain printable text)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key else _show(key)
+
+
+class _NotFinite(ConfigError):
+    """NaN or +-inf for a number: reported as such, also for ``float | None`` fields."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"config {key}: expected {_describe(tp)}, got {value!r}")
+    bad = ConfigError(f"config {key}: expected {_describe(tp)}, got {_show(value)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -230,6 +249,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(value, a, key)
+            except _NotFinite:
+                raise
             except ConfigError:
                 pass
         raise bad
@@ -247,14 +268,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad
-        return float(value)
+        try:  # a str: YAML 1.1 reads "5e-4" (no dot) as a string
+            number = float(value)
+        except (ValueError, OverflowError):  # OverflowError: an int too large for a float
+            raise bad from None
+        if not math.isfinite(number):  # NaN passes every range check, so reject it here
+            raise _NotFinite(f"config {key}: expected a finite number, got {_show(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad
@@ -267,22 +289,22 @@ def _check_range(value: Any, meta: typing.Mapping, key: str) -> None:
         return
     lo, hi, lo_open = meta["lo"], meta["hi"], meta["lo_open"]
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ConfigError(f"config {key}: must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+        raise ConfigError(f"config {key}: must be {'>' if lo_open else '>='} {lo}, got {_show(value)}")
     if hi is not None and value > hi:
-        raise ConfigError(f"config {key}: must be <= {hi}, got {value!r}")
+        raise ConfigError(f"config {key}: must be <= {hi}, got {_show(value)}")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         where = prefix.rstrip(".") or "file"
-        raise ConfigError(f"config {where}: expected a mapping of keys, got {raw!r}")
+        raise ConfigError(f"config {where}: expected a mapping of keys, got {_show(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in raw:
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"config {prefix}{k}: unknown key{hint}")
+            raise ConfigError(f"config {prefix}{_name(k)}: unknown key{hint}")
     kwargs = {}
     for name, f in fields.items():
         if name not in raw:
@@ -311,20 +333,58 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _copy_tree(x: Any) -> Any:
+    """Copy the dicts and lists of a parsed YAML tree (leaves shared), so overrides never touch
+    the caller's mapping; unlike ``copy.deepcopy`` it does not keep YAML aliases shared."""
+    if isinstance(x, dict):
+        return {k: _copy_tree(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_copy_tree(v) for v in x]
+    return x
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw mapping."""
-    raw = json.loads(json.dumps(raw or {}))
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw mapping.
+
+    A malformed override (no ``=``, an empty part in the key as in ``=3``, ``fl.=3`` or
+    ``a..b=1``, a value that is not YAML such as ``[``, a key through a non-section) raises
+    one :class:`ConfigError` line. The input mapping is not modified.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        raw = _copy_tree(raw)
+    except RecursionError:
+        raise ConfigError("config file: nested too deeply (or recursive)") from None
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"config override {item!r}: expected KEY=VALUE, e.g. fl.rounds=10")
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"config override {_show(item)}: expected KEY=VALUE, e.g. fl.rounds=10")
         key, value = item.split("=", 1)
+        parts = [p.strip() for p in key.split(".")]
+        if not all(parts):
+            raise ConfigError(
+                f"config override {_show(item)}: expected KEY=VALUE with a dotted KEY such as "
+                f"fl.rounds, got key {_show(key)}"
+            )
+        try:
+            parsed = yaml.safe_load(value)
+        except Exception as e:  # YAMLError, and PyYAML's constructors raise ValueError (date
+            # 2020-13-01), IndexError (!!float), KeyError (!!bool), ... for odd tagged values
+            problem = getattr(e, "problem", None) or _one_line(e)
+            raise ConfigError(f"config override {_show(item)}: value is not valid YAML ({problem})") from None
         node = raw
-        parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"config override {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+                raise ConfigError(f"config override {_name('.'.join(parts))}: {_name(p)} is not a section")
+        node[parts[-1]] = parsed
     return raw
 
 
@@ -333,16 +393,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw: Any = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        try:
+            found = p.is_file()
+        except (OSError, ValueError):  # e.g. a name too long, or with a NUL byte
+            found = False
+        if not found:
+            raise ConfigError(f"config file not found: {_name(str(p))}")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(
-                f"config file {p}{where}: not valid YAML ({getattr(e, 'problem', e)})"
-            ) from None
+            problem = getattr(e, "problem", None) or _one_line(e)
+            raise ConfigError(f"config file {p}{where}: not valid YAML ({problem})") from None
+        except Exception as e:  # unreadable, not UTF-8, or PyYAML failing on a value (see above)
+            raise ConfigError(f"config file {p}: cannot be read as YAML ({_one_line(e)})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {p}: expected a mapping of sections, got {type(raw).__name__}")
     return config_from_dict(apply_overrides(raw, overrides or []))

@@ -19,6 +19,7 @@ import torch
 from fedgen.config import Config
 from fedgen.fl.algorithms import AlgorithmSpec
 from fedgen.fl.client import Client, ClientData, LocalTrainConfig, derive_seed
+from fedgen.fl.server import clients_per_round
 from fedgen.models.lora import init_adapter
 from fedgen.models.params import ParamSet, State
 from fedgen.registry import algorithm, make_task
@@ -102,7 +103,7 @@ class Experiment:
 
     # -- budgets -------------------------------------------------------------------------------
     def clients_per_round(self) -> int:
-        return max(1, int(round(self.cfg.fl.fraction * self.cfg.data.num_clients)))
+        return clients_per_round(self.cfg.fl.fraction, self.cfg.data.num_clients)
 
     def budget_epochs(self) -> int:
         """Epochs that give local/central training the federated run's expected sample passes.

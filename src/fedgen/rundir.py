@@ -16,6 +16,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from fedgen.errors import CheckpointError
+from fedgen.fl.aggregate import first_nonfinite
 from fedgen.models.lora import read_adapter, save_adapter
 from fedgen.models.params import State
 
@@ -43,12 +44,21 @@ def write_state(path: Path, state: State, peft_model=None) -> Path:
 
 
 def read_state(path: Path) -> State:
-    """Read a state written by :func:`write_state`."""
+    """Read a state written by :func:`write_state`.
+
+    Corrupt files and NaN/Inf values raise one :class:`~fedgen.errors.CheckpointError` line.
+    """
     if (path / MODEL_FILE).is_file():
         try:
-            return dict(sorted(load_file(str(path / MODEL_FILE)).items()))
+            state = dict(sorted(load_file(str(path / MODEL_FILE)).items()))
         except Exception as e:  # safetensors raises several types for corrupt files
-            raise CheckpointError(f"{path / MODEL_FILE} is corrupt: {e}") from None
+            raise CheckpointError(
+                f"{path / MODEL_FILE} is corrupt: {' '.join(str(e).split())[:200]}"
+            ) from None
+        bad = first_nonfinite(state)
+        if bad is not None:
+            raise CheckpointError(f"{path / MODEL_FILE} is corrupt: {bad} contains NaN or Inf")
+        return state
     return read_adapter(path)
 
 

@@ -21,7 +21,7 @@ SUMMARY_FIELDS = {
     "trained_params": "parameters trained by each client",
     "upload_params": "parameters each sampled client uploads per round (0 without communication)",
     "num_clients": "K",
-    "clients_per_round": "round(C*K) (0 without communication)",
+    "clients_per_round": "max(1, floor(C*K)) (0 without communication)",
     "rounds": "completed federated rounds (0 for local / central training)",
     "local_epochs_equivalent": "epochs over a client's data (local) or the pooled data (central)",
     "upload_bytes_total": "sum over rounds and clients of serialized (safetensors) update bytes",

@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from fedgen.errors import UpdateError
+from fedgen.fl.aggregate import first_nonfinite, validate_update
 
 
 def serialize(state: Mapping[str, torch.Tensor]) -> bytes:
     """The bytes a client/server sends: the state dict as safetensors (header + raw tensors)."""
     return st_save({k: v.contiguous() for k, v in state.items()})
+
+
+def deserialize(
+    data: bytes, reference: Mapping[str, torch.Tensor] | None = None, who: str = "client"
+) -> OrderedDict[str, torch.Tensor]:
+    """The state dict in a message made by :func:`serialize`, keys sorted.
+
+    Any malformed message raises one :class:`~fedgen.errors.UpdateError` line: not bytes,
+    not safetensors (random or truncated bytes, a bad header, declared shapes that do not fit
+    the payload or overflow), or tensors holding NaN/Inf. With ``reference`` (the global
+    state) the keys, shapes and dtypes must also match it (:func:`validate_update`), so e.g.
+    int8 or float16 tensors where float32 is expected are rejected. ``data`` is only read.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UpdateError(f"{who}: message is a {type(data).__name__}, not bytes")
+    try:
+        sd = st_load(bytes(data))
+    except Exception as e:  # SafetensorError, and e.g. KeyError for dtypes torch lacks
+        text = " ".join(str(e).split())[:200]
+        raise UpdateError(f"{who}: not a valid safetensors message ({type(e).__name__}: {text})") from None
+    state = OrderedDict((k, sd[k]) for k in sorted(sd))
+    if reference is not None:
+        validate_update(state, reference, who=who)
+    else:
+        bad = first_nonfinite(state)
+        if bad is not None:
+            raise UpdateError(f"{who}: {bad} contains NaN or Inf")
+    return state
 
 
 def num_params(state: Mapping[str, torch.Tensor]) -> int:

@@ -7,6 +7,7 @@ clients' :class:`~fedgen.fl.client.FitResult` s, whether they ran in this proces
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,9 +34,33 @@ class RoundRecord:
     train_loss: float  # n_k-weighted mean of the clients' last-epoch losses
 
 
+def clients_per_round(fraction: float, num_clients: int) -> int:
+    """m = max(1, floor(C*K)): the number of clients sampled per round.
+
+    The paper (section 3.3.1) selects "a fraction C of the clients (a set of size m)" with
+    C=0.1, K=100 -> 10 clients, but its rounding rule was lost in the text; for C*K
+    integral every rule agrees. For C*K not an integer we use McMahan et al.'s FedAvg
+    ``m = max(C*K, 1)`` as its reference code and Flower's FedAvg (``int(K * fraction_fit)``)
+    do: floor, at least 1. So the simulated and a Flower deployment pick the same m, and
+    m <= K always (C <= 1). Not Python's ``round``: ``round(2.5) == 2`` but ``round(3.5) == 4``.
+
+    C*K is snapped to the nearest integer when within 1e-9 (relative) of it, so decimal
+    fractions give the count they denote despite binary floating point:
+    0.29 * 100 == 28.999999999999996 -> 29, not 28; 0.07 * 100 == 7.000000000000001 -> 7.
+    """
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
+    if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    x = fraction * num_clients
+    nearest = round(x)
+    m = nearest if abs(x - nearest) <= 1e-9 * max(1.0, x) else math.floor(x)
+    return max(1, min(num_clients, m))
+
+
 def sample_clients(num_clients: int, fraction: float, seed: int, rnd: int) -> list[int]:
-    """max(1, round(C*K)) distinct clients, drawn uniformly; depends only on (seed, round)."""
-    m = max(1, int(round(fraction * num_clients)))
+    """:func:`clients_per_round` distinct clients, drawn uniformly; depends only on (seed, round)."""
+    m = clients_per_round(fraction, num_clients)
     rng = np.random.default_rng(derive_seed(seed, "sample", rnd))
     return sorted(int(k) for k in rng.choice(num_clients, size=m, replace=False))
 

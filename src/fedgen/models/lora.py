@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fedgen.errors import CheckpointError
+from fedgen.fl.aggregate import first_nonfinite
 from fedgen.models.params import State
 
 
@@ -49,7 +50,12 @@ def save_adapter(model: PeftModel, state: State, path: str | Path) -> Path:
 
 
 def read_adapter(path: str | Path) -> State:
-    """Read the adapter tensors of a PEFT adapter directory (or a .safetensors file)."""
+    """Read the adapter tensors of a PEFT adapter directory (or a .safetensors file).
+
+    A missing, unreadable or corrupt file, or one holding NaN/Inf, raises one
+    :class:`~fedgen.errors.CheckpointError` line; dtypes and shapes are as stored (the server
+    checks them against the global state with ``validate_update``).
+    """
     path = Path(path)
     f = path / "adapter_model.safetensors" if path.is_dir() else path
     if not f.is_file():
@@ -57,7 +63,10 @@ def read_adapter(path: str | Path) -> State:
     try:
         sd = load_file(str(f))
     except Exception as e:  # safetensors raises several types for corrupt files
-        raise CheckpointError(f"adapter {f} is corrupt: {e}") from None
+        raise CheckpointError(f"adapter {f} is corrupt: {' '.join(str(e).split())[:200]}") from None
+    bad = first_nonfinite(sd)
+    if bad is not None:
+        raise CheckpointError(f"adapter {f} is corrupt: {bad} contains NaN or Inf")
     # PEFT saves without the adapter name; our in-memory keys carry none either.
     return OrderedDict((k, sd[k]) for k in sorted(sd))
 
