@@ -10,6 +10,15 @@ all variants trained, so the classifier cache can still be filling meanwhile.
 
     python benchmarks/gan_recipes.py --data /work/shared/data --classifier-cache runs/cache/classifier \\
         --out runs/gan-recipes --steps 100 --variants proj-bn,proj-ac-bn,proj-ac-gn
+
+Measured (``--steps 300 --width 16 --nz 32 --batch-size 32``, 1 thread, results/gan_recipes_w16.json;
+class accuracy and FD-classifier of 1,000 EMA samples, project classifier, 79.9% test accuracy):
+
+| variant    | steps | CPU s | class acc | FD-classifier | acc / FDC, shuffled-label batches |
+|------------|-------|-------|-----------|---------------|-----------------------------------|
+| proj-bn    | 300   | 34    | 0.028     | 65.05         | 0.010 / 63.33                     |
+| proj-ac-bn | 300   | 36    | 0.194     | 69.55         | 0.165 / 59.12                     |
+| proj-ac-gn | 300   | 38    | 0.098     | 79.43         | 0.098 / 79.13                     |
 """
 
 from __future__ import annotations
