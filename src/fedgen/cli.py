@@ -17,6 +17,8 @@ def _load(args) -> object:
     overrides = list(args.set or [])
     if getattr(args, "backbone", None):
         overrides.append(f"model.backbone={args.backbone}")
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
     if getattr(args, "data_dir", None):
         overrides.append(f"data.dir={args.data_dir}")
     return load_config(args.config, overrides)
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. fl.rounds=10")
         sp.add_argument("--backbone", help="HF checkpoint dir (overrides model.backbone)")
         sp.add_argument("--data-dir", help="data root (default $FEDGEN_DATA or ./data)")
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (overrides device)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser("run", help="run a FedGen-Edge experiment")

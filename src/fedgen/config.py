@@ -123,6 +123,10 @@ class FLConfig:
     lr: float = field(default=5e-4, metadata=_range(0.0, 1.0, lo_open=True))
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
     max_grad_norm: float | None = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
+    # A round aggregates only with at least this many valid updates; otherwise it is skipped
+    # (global model unchanged). This many skipped rounds in a row stop the run (resumable).
+    min_clients: int = field(default=1, metadata=_range(1, None))
+    max_skipped_rounds: int = field(default=3, metadata=_range(1, None))
 
 
 @dataclass
@@ -145,8 +149,10 @@ class EvalConfig:
     every: int = field(default=1, metadata=_range(1, None))  # rounds between PTB valid/test evals
     local_every: int = field(default=5, metadata=_range(1, None))  # rounds between client-test evals
     batch_size: int = field(default=64, metadata=_range(1, 4096))
-    # Evaluate PTB valid/test on at most this many tokens (None = all). Quick runs only.
+    # Evaluate PTB valid/test on their first sentences holding this many words (None = all). Quick runs.
     max_tokens: int | None = field(default=None, metadata=_range(1, None))
+    # Perplexity windows advance by this many tokens (<= model.context / 2; None = context / 2).
+    stride: int | None = field(default=None, metadata=_range(1, None))
 
 
 @dataclass
@@ -154,7 +160,13 @@ class PersonalizeConfig:
     """Per-client fine-tuning of the final global adapter (FedGen-Edge's last step)."""
 
     enabled: bool = True  # false: no fine-tuning step (algorithms that keep personal models still do)
-    epochs: int = field(default=1, metadata=_range(1, 1000))
+    epochs: int = field(default=1, metadata=_range(1, 1000))  # the paper's recipe: one more epoch
+    # The validated recipe: learning rate (fl.lr x multiplier) and epochs (1..max_epochs) chosen on a
+    # validation split carved from each client's own train split; a client keeps the global adapter
+    # when no candidate beats it there.
+    validation_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
+    lr_multipliers: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1])
+    max_epochs: int = field(default=2, metadata=_range(1, 100))
 
 
 @dataclass
@@ -170,6 +182,7 @@ class Config:
     name: str = "experiment"
     task: str = "text"
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present (bf16 autocast), else CPU
     threads: int | None = field(default=None, metadata=_range(1, 1024))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -320,9 +333,18 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def _cross_checks(cfg: Config) -> None:
     """The registry knows the task and the algorithm; the task checks its own settings."""
+    from fedgen.device import resolve
+    from fedgen.fl.server import clients_per_round
+
+    resolve(cfg.device)  # cuda asked for on a machine without it: one clear line
     from fedgen.registry import algorithm, task_class
 
     algorithm(cfg.algorithm.name)
+    m = clients_per_round(cfg.fl.fraction, cfg.data.num_clients)
+    if cfg.fl.min_clients > m:
+        raise ConfigError(
+            f"config fl.min_clients: {cfg.fl.min_clients} is more than the {m} clients sampled per round"
+        )
     task_class(cfg.task).check_config(cfg)
 
 

@@ -8,6 +8,8 @@ evaluators, and federated rounds through :func:`fedgen.fl.server.federate` over 
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -15,13 +17,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fedgen.errors import FedgenError
 from fedgen.experiment import Experiment, distribution
+from fedgen.fl.aggregate import first_nonfinite
 from fedgen.fl.client import ClientData, derive_seed
 from fedgen.fl.comm import formula_bytes, num_params
-from fedgen.fl.server import RoundRecord, federate
+from fedgen.fl.server import RoundPolicy, RoundRecord, federate
 from fedgen.models.params import State
 from fedgen.rundir import Resume, RunDir, write_state
 from fedgen.runtime.simulate import InProcessRuntime
+
+log = logging.getLogger("fedgen")
 
 
 @dataclass
@@ -68,7 +74,8 @@ def run_federated(
             **asdict(rec),
             "upload_bytes_cum": counters["upload_bytes_total"],
             "download_bytes_cum": counters["download_bytes_total"],
-            "upload_bytes_formula": formula_bytes(upload_params) * len(rec.clients),
+            "upload_params": upload_params,
+            "upload_bytes_formula": formula_bytes(upload_params) * rec.received,
         }
         final = rec.round == f.rounds
         if exp.spec.has_global and (rec.round % cfg.eval.every == 0 or final):
@@ -104,6 +111,9 @@ def run_federated(
         seed=cfg.seed,
         start_round=resume.round + 1,
         on_round_end=on_round_end,
+        policy=RoundPolicy(
+            f.min_clients, f.max_skipped_rounds, {k: len(d.train) for k, d in exp.data.items()}
+        ),
     )
     bar.close()
     cbar.close()
@@ -124,7 +134,8 @@ def run_local(exp: Experiment, rd: RunDir, progress: bool) -> Outcome:
     epochs = exp.budget_epochs()
     kept: dict[int, State] = {}
     for k, d in tqdm(exp.data.items(), desc="local clients", disable=not progress, unit="client"):
-        kept[k] = exp.client.fit(exp.init, d, derive_seed(exp.cfg.seed, "local", k), epochs=epochs).state
+        state = exp.client.fit(exp.init, d, derive_seed(exp.cfg.seed, "local", k), epochs=epochs).state
+        kept[k] = _finite_or(state, exp.init, f"local-only client {k}")
     local = exp.evaluate_local(lambda k: kept[k])
     rd.append_metrics(
         {
@@ -149,6 +160,9 @@ def run_central(exp: Experiment, rd: RunDir, progress: bool) -> Outcome:
     if progress:
         print(f"{exp.spec.name}: {epochs} epochs over {len(pooled.train)} pooled training examples")
     state = exp.client.fit(exp.init, pooled, derive_seed(exp.cfg.seed, "central"), epochs=epochs).state
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise FedgenError(f"{exp.spec.name}: training diverged ({bad} holds NaN/Inf); lower fl.lr")
     local = exp.evaluate_local(lambda k: state)
     rd.append_metrics(
         {
@@ -165,24 +179,69 @@ def run_central(exp: Experiment, rd: RunDir, progress: bool) -> Outcome:
 
 
 def personalize(exp: Experiment, global_state: State, rd: RunDir, progress: bool = True) -> dict:
-    """FedGen-Edge's last step: each client fine-tunes the final global adapter on its local train split."""
-    cfg = exp.cfg
+    """FedGen-Edge's last step, two recipes, each client on its own data:
+
+    * **paper**: fine-tune the final global adapter ``personalize.epochs`` more epochs at ``fl.lr``;
+    * **validated** (saved as the client's model): carve ``validation_fraction`` off the client's
+      train split, fine-tune on the rest at each ``fl.lr x lr_multipliers`` for up to ``max_epochs``,
+      keep the (lr, epochs) with the best validation figure, and keep the global adapter when no
+      candidate beats it on the validation split.
+    """
+    cfg, p = exp.cfg, exp.cfg.personalize
     rows = []
     for k, d in tqdm(exp.data.items(), desc="personalize", disable=not progress, unit="client", leave=False):
-        res = exp.client.fit(global_state, d, derive_seed(cfg.seed, "personalize", k), cfg.personalize.epochs)
-        write_state(rd.path / "clients" / f"client_{k:03d}", res.state, exp.peft_model)
+        seed = derive_seed(cfg.seed, "personalize", k)
+        paper = exp.client.fit(global_state, d, seed, p.epochs)
+        paper.state = _finite_or(paper.state, global_state, f"personalization of client {k}")
+        chosen, choice = validated_personalization(exp, global_state, d, seed)
+        write_state(rd.path / "clients" / f"client_{k:03d}", chosen, exp.peft_model)
         if not exp.objective.has_eval_data(d.test):
             continue
         rows.append(
             {
                 "client": k,
-                "num_examples": res.num_examples,
+                "num_examples": paper.num_examples,
                 "test_size": len(d.test),
+                **choice,
                 f"{exp.metric}_global": exp.local_metric(global_state, d),
-                f"{exp.metric}_personalized": exp.local_metric(res.state, d),
+                f"{exp.metric}_personalized": exp.local_metric(chosen, d),
+                f"{exp.metric}_personalized_paper": exp.local_metric(paper.state, d),
             }
         )
     return _personalization_summary(exp, rd, rows)
+
+
+def validated_personalization(exp: Experiment, start: State, d: ClientData, seed: int) -> tuple[State, dict]:
+    """The validated recipe for one client: (its model, {"lr", "epochs"} chosen; epochs 0 = global kept)."""
+    p, f = exp.cfg.personalize, exp.cfg.fl
+    train, val = exp.objective.holdout(d.train, p.validation_fraction)
+    if not exp.objective.has_eval_data(val) or len(train) == 0:
+        return start, {"lr": None, "epochs": 0, "why": "too little data to validate"}
+    bs = exp.cfg.eval.batch_size
+    best = (exp.local_metric(start, ClientData(d.client_id, train, val)), start, {"lr": None, "epochs": 0})
+    for mult in p.lr_multipliers:
+        lr = f.lr * mult
+
+        def score(epoch: int, lr: float = lr) -> None:
+            nonlocal best
+            value = exp.objective.client_metric(exp.params.model, val, bs)
+            if math.isfinite(value) and value < best[0]:
+                best = (value, exp.params.state(), {"lr": lr, "epochs": epoch})
+
+        exp.client.fit(
+            start, ClientData(d.client_id, train, val), seed, p.max_epochs, lr=lr, after_epoch=score
+        )
+    _, state, choice = best
+    return state, {**choice, "validation_" + exp.metric: best[0]}
+
+
+def _finite_or(state: State, fallback: State, what: str) -> State:
+    """``state``, or ``fallback`` (with one log line) when training left NaN/Inf in it."""
+    bad = first_nonfinite(state)
+    if bad is None:
+        return state
+    log.warning("%s diverged (%s holds NaN/Inf): keeping the model it started from", what, bad)
+    return fallback
 
 
 def personalization_report(exp: Experiment, rd: RunDir, global_state, personal, kept) -> dict:
@@ -210,6 +269,13 @@ def _personalization_summary(exp: Experiment, rd: RunDir, rows: list[dict]) -> d
         "clients": rows,
         "personalized": distribution([r[p] for r in rows]),
     }
+    if rows and f"{p}_paper" in rows[0]:
+        out["recipes"] = {
+            "personalized": "validated: lr and epochs chosen on a split of the client's train data",
+            "paper_recipe": f"the paper's: {exp.cfg.personalize.epochs} more epoch(s) at fl.lr",
+        }
+        out["paper_recipe"] = distribution([r[f"{p}_paper"] for r in rows])
+        out["kept_global_fraction"] = sum(r["epochs"] == 0 for r in rows) / len(rows)
     if rows and g in rows[0]:
         out["global"] = distribution([r[g] for r in rows])
         out["improved_fraction"] = sum(r[p] < r[g] for r in rows) / len(rows)  # lower is better

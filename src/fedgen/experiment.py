@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from fedgen.config import Config
+from fedgen.device import resolve
 from fedgen.fl.algorithms import AlgorithmSpec
 from fedgen.fl.client import Client, ClientData, LocalTrainConfig, derive_seed
 from fedgen.fl.server import clients_per_round
@@ -67,6 +68,7 @@ class Experiment:
         if spec.trains == "lora":
             model = task.add_adapter(model)
             init_adapter(model, derive_seed(cfg.seed, "adapter-init"))  # A random, B = 0, per seed
+        model.to(resolve(cfg.device))
         params = ParamSet(model, spec.trains)
         params.mark_trainable()
         f = cfg.fl

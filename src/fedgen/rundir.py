@@ -35,7 +35,12 @@ class Resume:
 
 
 def write_state(path: Path, state: State, peft_model=None) -> Path:
-    """Save ``state`` to the directory ``path`` (PEFT adapter when ``peft_model`` is given)."""
+    """Save ``state`` to the directory ``path`` (PEFT adapter when ``peft_model`` is given).
+
+    A state holding NaN/Inf is never saved: a CheckpointError names the tensor."""
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise CheckpointError(f"refusing to save {path}: tensor {bad} holds NaN/Inf")
     if peft_model is not None:
         return save_adapter(peft_model, state, path)
     path.mkdir(parents=True, exist_ok=True)
@@ -79,6 +84,10 @@ class RunDir:
         return json.loads((self.path / name).read_text())
 
     def append_metrics(self, row: dict) -> None:
+        """Append one round's metrics; a non-finite number is a CheckpointError naming its key."""
+        bad = _nonfinite_key(row)
+        if bad is not None:
+            raise CheckpointError(f"round {row.get('round')}: metric {bad} is not finite; not reported")
         with self.metrics.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -125,3 +134,17 @@ class RunDir:
         rows = [r for r in self.read_metrics() if r["round"] <= rnd]
         self.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return Resume(rnd, state, kept, st)
+
+
+def _nonfinite_key(obj, prefix: str = "") -> str | None:
+    """The first key (dotted path) of a JSON-like object whose number is NaN or Inf."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return prefix or "value"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        bad = _nonfinite_key(v, f"{prefix}.{k}" if prefix else str(k))
+        if bad is not None:
+            return bad
+    return None

@@ -29,6 +29,8 @@ SUMMARY_FIELDS = {
     "download_bytes_total": "sum over rounds of serialized global state bytes x clients sampled",
     "upload_bytes_formula_total": "formula 3.5/3.6: uploads x upload_params x 4 bytes",
     "bytes_per_upload": "serialized bytes of one client update (null without communication)",
+    "rounds_skipped": "rounds with fewer than fl.min_clients valid updates (global model unchanged)",
+    "updates_rejected": "client updates the server refused, by reason: {reason: count}",
     "wall_seconds": "wall time of the run (resumed parts added up)",
     "result_key": "config.result_digest() + results schema: runs with equal keys are comparable",
 }
@@ -40,6 +42,7 @@ TASK_FIELDS = {
     "local_test_{metric}_global_mean": "the same with the final global model",
     "local_test_{metric}_personalized_mean": "the same with each client's personalized model",
     "local_test_{metric}_personalized_median": "median of the same",
+    "local_test_{metric}_personalized_paper_mean": "FedGen-Edge: the paper's recipe (one more epoch), mean",
 }
 
 
@@ -71,8 +74,10 @@ def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) ->
     first, last = metrics[0], metrics[-1]
     federated = spec.mode == "federated"
     rounds = [m for m in metrics if m["round"] > 0] if federated else []
-    n_up = sum(len(m["clients"]) for m in rounds)
-    upload_params = (rounds[-1]["upload_bytes_formula"] // 4 // len(rounds[-1]["clients"])) if rounds else 0
+    rejected = [r["reason"] for m in rounds for r in m.get("rejected", [])]
+    n_up = sum(_received(m) for m in rounds)
+    upload_params = rounds[-1]["upload_params"] if rounds else 0
+    clean = [m for m in rounds if _received(m) and not m.get("rejected")]  # every update well-formed
     quality = {}
     for split in exp.setup.eval_sets:
         for k in exp.objective.global_keys:
@@ -90,20 +95,39 @@ def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) ->
         "trained_params": exp.params.numel(),
         "upload_params": upload_params,
         "num_clients": cfg.data.num_clients,
-        "clients_per_round": len(rounds[0]["clients"]) if rounds else 0,
+        "clients_per_round": len(rounds[0].get("sampled", rounds[0]["clients"])) if rounds else 0,
         "rounds": rounds[-1]["round"] if rounds else 0,
         "local_epochs_equivalent": None if federated else last.get("epochs"),
         "upload_bytes_total": last["upload_bytes_cum"] if rounds else 0,
         "upload_note": NO_UPLOAD.get(spec.mode),
         "download_bytes_total": last["download_bytes_cum"] if rounds else 0,
         "upload_bytes_formula_total": formula_bytes(upload_params) * n_up,
-        "bytes_per_upload": rounds[-1]["upload_bytes"] // len(rounds[-1]["clients"]) if rounds else None,
+        "bytes_per_upload": clean[-1]["upload_bytes"] // _received(clean[-1]) if clean else None,
+        "rounds_skipped": sum(1 for m in metrics if m.get("skipped")),
+        "updates_rejected": _by_reason(rejected),
         **quality,
         f"{local}_initial_mean": first[local]["mean"],
         f"{local}_global_mean": last[local]["mean"] if spec.has_global else None,
         f"{local}_personalized_mean": pers["personalized"]["mean"] if pers else None,
         f"{local}_personalized_median": pers["personalized"]["median"] if pers else None,
+        f"{local}_personalized_paper_mean": pers["paper_recipe"]["mean"]
+        if pers and "paper_recipe" in pers
+        else None,
         "wall_seconds": wall,
         "result_key": result_key(cfg),
         "run_dir": str(rd.path),
     }
+
+
+def _by_reason(reasons: list[str]) -> dict[str, int]:
+    """Rejection reasons grouped by kind (the part after the client's name), counted."""
+    out: dict[str, int] = {}
+    for r in reasons:
+        kind = r.split(": ", 1)[-1].split(" (")[0]
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def _received(row: dict) -> int:
+    """Updates that arrived in a round (older metrics rows: the aggregated clients)."""
+    return row.get("received", len(row["clients"]))

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from fedgen.fl.aggregate import first_nonfinite
 from fedgen.fl.client import Client, ClientData, FitResult, derive_seed
 from fedgen.models.params import State
 
@@ -118,7 +119,8 @@ class DittoClient(FedAvgClient):
         k = data.client_id
         r = self.client.fit(w, data, seed)
         v = self.client.fit(self.kept.get(k, w), data, derive_seed(seed, "ditto"), prox=(self.lam, w))
-        self.kept[k] = v.state
+        if first_nonfinite(v.state) is None:  # a diverged personal adapter is not kept
+            self.kept[k] = v.state
         return FitResult(k, r.state, r.num_examples, {**r.metrics, "personal_loss": v.metrics["train_loss"]})
 
 

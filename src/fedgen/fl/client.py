@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedgen.device import autocast, device_of
 from fedgen.models.params import ParamSet, State
 
 
@@ -59,24 +60,28 @@ def local_train(
     seed: int,
     extra_loss: Callable[[], torch.Tensor] | None = None,
     before_step: Callable[[Any], float] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Train ``params`` for ``cfg.epochs`` epochs with AdamW; every other parameter stays frozen.
 
     ``extra_loss`` (e.g. a proximal term) is added to the task loss at each step;
-    ``before_step(batch)`` runs before each step (the GAN task's discriminator step).
+    ``before_step(batch)`` runs before each step (the GAN task's discriminator step);
+    ``after_epoch(epoch)`` after each epoch (1-based), e.g. to score a validation split.
     Returns the mean loss of the last epoch and the number of optimiser steps.
     """
     torch.manual_seed(seed)  # dropout masks, GAN noise
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     model.train()
+    device = device_of(model)
     steps, last_epoch_loss = 0, float("nan")
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         total, count = 0.0, 0
         for batch in task.batches(examples, cfg.batch_size, g):
             if before_step is not None:
                 before_step(batch)
-            loss = task.loss(model, batch)
+            with autocast(device):
+                loss = task.loss(model, batch)
             if extra_loss is not None:
                 loss = loss + extra_loss()
             opt.zero_grad(set_to_none=True)
@@ -88,6 +93,8 @@ def local_train(
             total += loss.item() * len(batch)
             count += len(batch)
         last_epoch_loss = total / max(count, 1)
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
     return {"train_loss": last_epoch_loss, "steps": steps}
 
 
@@ -105,17 +112,17 @@ class Client:
         seed: int,
         epochs: int | None = None,
         prox: tuple[float, State] | None = None,
+        lr: float | None = None,
+        after_epoch: Callable[[int], None] | None = None,
     ) -> FitResult:
         """Start from ``state``, train locally, return the new state.
 
-        ``prox=(lam, anchor)`` adds Ditto's proximal term ``lam/2 * ||theta - anchor||^2``.
+        ``prox=(lam, anchor)`` adds Ditto's proximal term ``lam/2 * ||theta - anchor||^2``;
+        ``epochs`` / ``lr`` override the client's defaults; ``after_epoch`` see :func:`local_train`.
         """
         self.params.load(state)
-        cfg = (
-            self.train_cfg
-            if epochs is None
-            else LocalTrainConfig(**{**vars(self.train_cfg), "epochs": epochs})
-        )
+        overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+        cfg = LocalTrainConfig(**{**vars(self.train_cfg), **overrides}) if overrides else self.train_cfg
         extra = None
         if prox is not None:
             lam, anchor = prox
@@ -127,7 +134,15 @@ class Client:
         named = self.params.params
         aux = self.task.begin_local(self.model, named, cfg)
         metrics = local_train(
-            self.task, self.model, self.task.loss_params(named), data.train, cfg, seed, extra, aux
+            self.task,
+            self.model,
+            self.task.loss_params(named),
+            data.train,
+            cfg,
+            seed,
+            extra,
+            aux,
+            after_epoch,
         )
         return FitResult(data.client_id, self.params.state(), len(data.train), metrics)
 

@@ -7,31 +7,55 @@ clients' :class:`~fedgen.fl.client.FitResult` s, whether they ran in this proces
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from fedgen.errors import FedgenError, UpdateError
 from fedgen.fl.aggregate import fedavg, validate_update
 from fedgen.fl.client import FitResult, derive_seed
 from fedgen.fl.comm import serialize
 from fedgen.models.params import State
+
+log = logging.getLogger("fedgen")
 
 
 class Runtime(Protocol):
     def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]: ...
 
 
+class RoundsSkippedError(FedgenError):
+    """Too many consecutive rounds had fewer valid updates than ``min_clients``."""
+
+
+@dataclass
+class RoundPolicy:
+    """What the server accepts. A round aggregates only if at least ``min_clients`` valid updates
+    arrive; otherwise it is skipped (global state untouched). ``max_skipped_rounds`` consecutive
+    skipped rounds stop the run. ``client_sizes`` (client -> training examples), where the server
+    knows them, bound each client's reported n_k."""
+
+    min_clients: int = 1
+    max_skipped_rounds: int = 3
+    client_sizes: Mapping[int, int] | None = None
+
+
 @dataclass
 class RoundRecord:
     round: int
-    clients: list[int]
+    clients: list[int]  # the clients whose updates were aggregated
     num_examples: list[int]
-    upload_bytes: int  # sum over the round's clients of their serialized update
+    upload_bytes: int  # sum over the round's received updates of their serialized size
     download_bytes: int  # global adapter sent to each selected client
-    train_loss: float  # n_k-weighted mean of the clients' last-epoch losses
+    train_loss: float | None  # n_k-weighted mean of the aggregated clients' last-epoch losses
+    received: int = 0  # updates that arrived (accepted or not)
+    sampled: list[int] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)  # {"client": k, "reason": "..."}
+    skipped: bool = False  # fewer than min_clients valid updates: the global state is unchanged
 
 
 def clients_per_round(fraction: float, num_clients: int) -> int:
@@ -65,6 +89,42 @@ def sample_clients(num_clients: int, fraction: float, seed: int, rnd: int) -> li
     return sorted(int(k) for k in rng.choice(num_clients, size=m, replace=False))
 
 
+def screen(
+    results: list[FitResult], selected: list[int], reference: State, rnd: int, policy: RoundPolicy
+) -> tuple[list[FitResult], list[dict]]:
+    """Split a round's results into accepted updates and rejected ones with their reason.
+
+    Rejected: a client that was not sampled, a second update from the same client, an n_k that
+    is not a positive integer or exceeds what the server knows of the client, and any update that
+    :func:`~fedgen.fl.aggregate.validate_update` refuses (keys, shapes, dtypes, NaN/Inf).
+    """
+    accepted, rejected, seen = [], [], set()
+    sampled = set(selected)
+    for r in results:
+        k, n = r.client_id, r.num_examples
+        reason = None
+        if k not in sampled:
+            reason = "was not sampled this round"
+        elif k in seen:
+            reason = "sent a second update this round"
+        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            reason = f"reported n_k={n!r}, not a positive integer"
+        elif policy.client_sizes is not None and n > policy.client_sizes.get(k, n):
+            reason = f"reported n_k={n} but holds {policy.client_sizes[k]} training examples"
+        else:
+            try:
+                validate_update(r.state, reference, who=f"round {rnd} client {k}")
+            except UpdateError as e:
+                reason = str(e)
+        seen.add(k)
+        if reason is None:
+            accepted.append(r)
+        else:
+            rejected.append({"client": k, "reason": reason})
+            log.warning("round %d: rejected the update of client %s: %s", rnd, k, reason)
+    return accepted, rejected
+
+
 def federate(
     runtime: Runtime,
     state: State,
@@ -75,24 +135,59 @@ def federate(
     seed: int,
     start_round: int = 1,
     on_round_end: Callable[[RoundRecord, State], None] | None = None,
+    policy: RoundPolicy | None = None,
 ) -> State:
-    """Run rounds ``start_round..rounds`` of FedGen-Edge and return the final global adapter."""
+    """Run rounds ``start_round..rounds`` of FedGen-Edge and return the final global adapter.
+
+    Bad updates are rejected with a logged reason and the round completes with the rest
+    (:func:`screen`); see :class:`RoundPolicy` for skipped rounds.
+    """
+    policy = policy or RoundPolicy()
+    skipped_in_a_row = 0
     for rnd in range(start_round, rounds + 1):
         selected = sample_clients(num_clients, fraction, seed, rnd)
         down = len(serialize(state)) * len(selected)
         results = sorted(runtime.fit(state, selected, rnd), key=lambda r: r.client_id)
-        for r in results:
-            validate_update(r.state, state, who=f"round {rnd} client {r.client_id}")
-        weights = [r.num_examples for r in results]
-        state = fedavg([r.state for r in results], weights)
+        accepted, rejected = screen(results, selected, state, rnd, policy)
+        weights = [r.num_examples for r in accepted]
+        skipped = len(accepted) < policy.min_clients
+        if skipped:
+            log.warning(
+                "round %d skipped: %d valid update(s), fewer than fl.min_clients=%d; global model unchanged",
+                rnd,
+                len(accepted),
+                policy.min_clients,
+            )
+        else:
+            state = fedavg([r.state for r in accepted], weights)
+        losses = [r.metrics.get("train_loss") for r in accepted]
         record = RoundRecord(
             round=rnd,
-            clients=[r.client_id for r in results],
-            num_examples=weights,
-            upload_bytes=sum(len(serialize(r.state)) for r in results),
+            clients=[] if skipped else [r.client_id for r in accepted],
+            num_examples=[] if skipped else weights,
+            upload_bytes=sum(_size(r.state) for r in results),
             download_bytes=down,
-            train_loss=float(np.average([r.metrics["train_loss"] for r in results], weights=weights)),
+            train_loss=None if skipped else float(np.average(losses, weights=weights)),
+            received=len(results),
+            sampled=selected,
+            rejected=rejected,
+            skipped=skipped,
         )
         if on_round_end is not None:
             on_round_end(record, state)
+        skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+        if skipped_in_a_row >= policy.max_skipped_rounds:
+            raise RoundsSkippedError(
+                f"stopped after round {rnd}: {skipped_in_a_row} rounds in a row had fewer than "
+                f"fl.min_clients={policy.min_clients} valid updates (see the log for why they were "
+                "rejected); the last checkpoint is kept, continue with --resume"
+            )
     return state
+
+
+def _size(state) -> int:
+    """Serialized bytes of a received update (0 when it cannot even be serialized)."""
+    try:
+        return len(serialize(state))
+    except Exception:  # a malformed update was received and rejected; it counts as nothing
+        return 0

@@ -63,9 +63,9 @@ class ParamSet:
         return sum(p.numel() for p in self.params.values())
 
     def state(self, keys: Iterable[str] | None = None) -> State:
-        """Detached copies of the (selected) parameters."""
+        """Detached CPU copies of the (selected) parameters (what is exchanged and saved)."""
         ks = self.params if keys is None else keys
-        return OrderedDict((k, self.params[k].detach().clone()) for k in ks)
+        return OrderedDict((k, self.params[k].detach().to("cpu", copy=True)) for k in ks)
 
     def load(self, state: State, partial: bool = False) -> None:
         """Copy ``state`` into the parameters. ``partial`` allows a subset of the keys."""

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedgen.device import device_of
 from fedgen.metrics.fid import frechet_distance_to
 
 
@@ -144,6 +145,14 @@ class GanObjective:
         return Images.cat(parts)
 
     @staticmethod
+    def holdout(examples: Images, fraction: float) -> tuple[Images, Images]:
+        """Split off the last ``fraction`` of a client's images as a validation set."""
+        n_val = int(len(examples) * fraction)
+        if n_val == 0 or n_val == len(examples):
+            return examples, examples[:0]
+        return examples[: len(examples) - n_val], examples[len(examples) - n_val :]
+
+    @staticmethod
     def has_eval_data(images: Images) -> bool:
         return len(images) > 0
 
@@ -164,10 +173,11 @@ class GanObjective:
         def d_step(batch: Images) -> float:
             for p in params:
                 p.requires_grad_(True)
-            real = to_float(batch.x)
+            dev = device_of(d)
+            real, y = to_float(batch.x).to(dev), batch.y.to(dev)
             with torch.no_grad():
-                fake = gen(torch.randn(len(batch), self.nz), batch.y)
-            loss = F.softplus(-d(real, batch.y)).mean() + F.softplus(d(fake, batch.y)).mean()
+                fake = gen(torch.randn(len(batch), self.nz).to(dev), y)
+            loss = F.softplus(-d(real, y)).mean() + F.softplus(d(fake, y)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -180,8 +190,9 @@ class GanObjective:
     def loss(self, model: nn.Module, batch: Images) -> torch.Tensor:
         """Non-saturating generator loss on the batch's labels."""
         gan = gan_of(model)
-        fake = gan.generator(torch.randn(len(batch), self.nz), batch.y)
-        return F.softplus(-gan.discriminator(fake, batch.y)).mean()
+        dev, y = device_of(gan), batch.y.to(device_of(gan))
+        fake = gan.generator(torch.randn(len(batch), self.nz).to(dev), y)
+        return F.softplus(-gan.discriminator(fake, y)).mean()
 
     # -- generation ---------------------------------------------------------------------
     @torch.no_grad()
@@ -192,7 +203,8 @@ class GanObjective:
         for i in range(0, len(labels), self.sample_batch):
             g = torch.Generator().manual_seed(seed * 1_000_003 + i)
             y = labels[i : i + self.sample_batch]
-            out.append(gen(torch.randn(len(y), self.nz, generator=g), y))
+            dev = device_of(gen)
+            out.append(gen(torch.randn(len(y), self.nz, generator=g).to(dev), y.to(dev)).float().cpu())
         return torch.cat(out) if out else torch.empty(0, 3, 32, 32)
 
     # -- evaluation ---------------------------------------------------------------------

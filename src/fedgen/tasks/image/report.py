@@ -108,7 +108,7 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
             "| model | mean | median | p10 | p90 |",
             "|---|---|---|---|---|",
         ]
-        for key in ("global", "personalized"):
+        for key in ("global", "personalized", "paper_recipe"):
             if key in pers:
                 d = pers[key]
                 parts.append(

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from fedgen.data.partition import Partition, build_partition, cached_partition, make_documents
 from fedgen.data.ptb import PTB
 from fedgen.fl.client import ClientData
-from fedgen.tasks.text.lm import LMObjective
+from fedgen.tasks.text.lm import LMObjective, TextStream
 
 if TYPE_CHECKING:
     from fedgen.config import Config
@@ -50,10 +48,23 @@ def load_partition(cfg: Config, ptb: PTB) -> tuple[list, Partition]:
 def client_datasets(lm: LMObjective, docs: list, part: Partition) -> dict[int, ClientData]:
     """Each client's training windows (its train documents) and test stream (its test documents)."""
 
-    def stream(ids: list[int]) -> torch.Tensor:
+    def stream(ids: list[int]) -> TextStream:
         return lm.stream([s for i in ids for s in docs[i]])
 
     return {
         c.client_id: ClientData(c.client_id, lm.examples(stream(c.train_docs)), stream(c.test_docs))
         for c in part.clients
     }
+
+
+def head_sentences(sentences: list[list[str]], max_words: int | None) -> list[list[str]]:
+    """The first sentences holding at least ``max_words`` words (``<eos>`` included); all if None."""
+    if max_words is None:
+        return sentences
+    out, words = [], 0
+    for s in sentences:
+        if words >= max_words:
+            break
+        out.append(s)
+        words += len(s)
+    return out

@@ -21,8 +21,8 @@ from fedgen.data.corpus import load_pretrain_corpus
 from fedgen.data.ptb import load_ptb
 from fedgen.fl.client import derive_seed
 from fedgen.models.gpt import build_gpt, count_params, gpt2_config, save_backbone
-from fedgen.tasks.text.data import ptb_documents
-from fedgen.tasks.text.lm import LMObjective
+from fedgen.tasks.text.data import head_sentences, ptb_documents
+from fedgen.tasks.text.lm import LMObjective, WordCodec
 
 if TYPE_CHECKING:
     from fedgen.config import Config
@@ -72,7 +72,7 @@ def pretrain_backbone(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     ptb = load_ptb(cfg.data.dir)
     m, p = cfg.model, cfg.pretrain
     sentences, corpus_stats = public_text(cfg, ptb)
-    task = LMObjective(ptb.vocab, m.context)
+    task = LMObjective(WordCodec(ptb.vocab), m.context, cfg.eval.stride)
     examples = task.examples(task.stream(sentences))
     model = build_gpt(
         gpt2_config(len(ptb.vocab), m.n_layer, m.n_embd, m.n_head, m.context, m.dropout), p.seed
@@ -95,7 +95,9 @@ def pretrain_backbone(cfg: Config, out: str | Path, progress: bool = True) -> Pa
         opt.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    valid = task.evaluate(model, task.stream(ptb.valid), cfg.eval.batch_size, cfg.eval.max_tokens)
+    valid = task.evaluate(
+        model, task.stream(head_sentences(ptb.valid, cfg.eval.max_tokens)), cfg.eval.batch_size
+    )
     meta = {
         "source": SOURCE_LABEL,
         "corpus": {"sources": list(p.sources), **{k: v for k, v in corpus_stats.items() if k != "sources"}},

@@ -20,17 +20,26 @@ def result_table(s: dict) -> str:
         local += f" -> {_ppl(s['local_test_ppl_global_mean'])} (global)"
     if s.get("local_test_ppl_personalized_mean") is not None:
         local += f" -> {_ppl(s['local_test_ppl_personalized_mean'])} (personalized)"
+    if s.get("local_test_ppl_personalized_paper_mean") is not None:
+        local += f"; paper's recipe (1 more epoch): {_ppl(s['local_test_ppl_personalized_paper_mean'])}"
     work, upload = common.clients_and_upload(s)
     rows = [
         ("Algorithm", s["algorithm"]),
-        ("Backbone", f"{b['source']} ({b['params']:,} params)"),
+        (
+            "Backbone",
+            f"{b['source']} ({b['params']:,} params; tokenizer: {b.get('tokenizer', 'word-level')})",
+        ),
         (
             "Trained parameters",
             f"{s['trained_params']:,}" + (" (LoRA q,v)" if s.get("adapter_params") else " (full)"),
         ),
         ("Clients", work),
-        ("PTB valid PPL", f"{_ppl(s['valid_ppl_initial'])} -> {_ppl(s['valid_ppl_final'])}"),
-        ("PTB test PPL", f"{_ppl(s['test_ppl_initial'])} -> {_ppl(s['test_ppl_final'])}"),
+        ("PTB valid PPL (word-level)", f"{_ppl(s['valid_ppl_initial'])} -> {_ppl(s['valid_ppl_final'])}"),
+        ("PTB test PPL (word-level)", f"{_ppl(s['test_ppl_initial'])} -> {_ppl(s['test_ppl_final'])}"),
+        (
+            "PTB test PPL per token",
+            f"{_ppl(s.get('test_token_ppl_initial'))} -> {_ppl(s.get('test_token_ppl_final'))}",
+        ),
         ("Clients' local-test PPL (mean)", local),
     ]
     return common.table(rows, s, upload)
@@ -72,7 +81,7 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
             "| adapter | mean | median | p10 | p90 |",
             "|---|---|---|---|---|",
         ]
-        for key in ("global", "personalized"):
+        for key in ("global", "personalized", "paper_recipe"):
             if key not in pers:
                 continue
             d = pers[key]
@@ -99,7 +108,8 @@ compare_columns = [
     ("valid_ppl_final", "PTB valid PPL"),
     ("test_ppl_final", "PTB test PPL"),
     ("local_test_ppl_global_mean", "local PPL (global)"),
-    ("local_test_ppl_personalized_mean", "local PPL (personalized)"),
+    ("local_test_ppl_personalized_mean", "local PPL (personalized, validated)"),
+    ("local_test_ppl_personalized_paper_mean", "local PPL (personalized, paper's recipe)"),
     ("upload_bytes_total", "upload total"),
     ("wall_seconds", "wall s"),
 ]

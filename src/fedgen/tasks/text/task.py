@@ -1,10 +1,12 @@
 """The text task: federated LoRA fine-tuning of a causal LM on Penn Treebank.
 
 Data: PTB train cut into pseudo-documents, partitioned by LDA topics + Dirichlet(alpha)
-(:mod:`fedgen.tasks.text.data`). Backbone: a GPT-2 checkpoint with our word vocabulary, by
-default pre-trained offline on public text (:mod:`fedgen.tasks.text.pretrain`). Adapters: PEFT
-LoRA on the attention projections named in ``lora.targets``. Objective and metrics: word-level
-language modelling and perplexity (:mod:`fedgen.tasks.text.lm`).
+(:mod:`fedgen.tasks.text.data`). Backbone (``model.backbone``): ``auto`` = a GPT-2 with our word
+vocabulary pre-trained offline on public text (:mod:`fedgen.tasks.text.pretrain`); a named
+embedded real LM (``smollm2-135m``); or any local Hugging Face causal LM directory or ``.gguf``
+file with its own tokenizer (:mod:`fedgen.models.causal_lm`). Adapters: PEFT LoRA on the modules
+named in ``lora.targets`` (default: attention query and value). Objective and metrics: language
+modelling and word-level perplexity comparable across tokenizers (:mod:`fedgen.tasks.text.lm`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from torch import nn
 
 from fedgen.data.ptb import load_ptb
 from fedgen.errors import ConfigError, FedgenError
-from fedgen.models.gpt import count_params, freeze, load_backbone
+from fedgen.models.causal_lm import EMBEDDED, load_causal_lm, lora_target_modules, resolve_backbone
+from fedgen.models.gpt import VOCAB_FILE, count_params, freeze, load_backbone
 from fedgen.models.lora import add_lora
 from fedgen.tasks.base import TaskSetup
 from fedgen.tasks.text import report
-from fedgen.tasks.text.data import client_datasets, load_partition
-from fedgen.tasks.text.lm import LMObjective
+from fedgen.tasks.text.data import client_datasets, head_sentences, load_partition
+from fedgen.tasks.text.lm import Codec, HFCodec, LMObjective, WordCodec
 
 if TYPE_CHECKING:
     from fedgen.config import Config
@@ -31,19 +34,55 @@ if TYPE_CHECKING:
 PRETRAIN_SOURCES = {"gutenberg", "us-presidential-addresses", "wikitext-2-valid-test", "ptb-public"}
 LORA_TARGETS = {"q_proj", "k_proj", "v_proj"}
 DEFAULT_TARGETS = ["q_proj", "v_proj"]  # the paper: LoRA on the attention query and value projections
+OWN = "the checkpoint's own"
 SAMPLE_PROMPTS = ("the company said", "in new york")
 
 
-def architecture(model: nn.Module) -> dict[str, int]:
-    """The facts of a loaded GPT-2 backbone, read from the model itself (never from the config)."""
+def _first(config: Any, *names: str) -> Any:
+    return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), None)
+
+
+def architecture(model: nn.Module) -> dict[str, Any]:
+    """The facts of a loaded backbone, read from the model itself (never from the config)."""
     c = model.config
     return {
-        "n_layer": c.n_layer,
-        "n_embd": c.n_embd,
-        "n_head": c.n_head,
-        "n_positions": c.n_positions,
+        "model_type": c.model_type,
+        "n_layer": _first(c, "num_hidden_layers", "n_layer"),
+        "n_embd": _first(c, "hidden_size", "n_embd"),
+        "n_head": _first(c, "num_attention_heads", "n_head"),
+        "n_positions": _first(c, "max_position_embeddings", "n_positions"),
         "vocab_size": c.vocab_size,
     }
+
+
+def decoder_blocks(model: nn.Module) -> tuple[str, str | None]:
+    """(key prefix of the transformer blocks, key prefix of the final norm), read from the model:
+    ``transformer.h`` / ``transformer.ln_f`` for GPT-2, ``model.layers`` / ``model.norm`` for Llama."""
+    n_layer = architecture(model)["n_layer"]
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layer:
+            parent = name.rsplit(".", 1)[0] if "." in name else ""
+            norm = next(
+                (
+                    f"{parent}.{n}."
+                    for n in ("ln_f", "norm", "final_layernorm")
+                    if hasattr(model.get_submodule(parent), n)
+                ),
+                None,
+            )
+            return f"{name}.", norm
+    raise FedgenError(f"backbone {type(model).__name__}: no list of {n_layer} transformer blocks found")
+
+
+def load_text_backbone(path: Path) -> tuple[nn.Module, Codec, dict]:
+    """A backbone checkpoint dir, its codec and its provenance: our word-level GPT-2 (a dir with
+    vocab.txt) or any Hugging Face causal LM with its own tokenizer."""
+    if (path / VOCAB_FILE).is_file():
+        model, vocab, meta = load_backbone(path)
+        return model, WordCodec(vocab), meta
+    model, tokenizer, meta = load_causal_lm(path)
+    meta["source"] = meta.get("description") or meta["source"]
+    return model, HFCodec(tokenizer), meta
 
 
 class TextTask:
@@ -64,6 +103,8 @@ class TextTask:
         m = cfg.model
         if m.n_embd % m.n_head:
             raise ConfigError(f"config model.n_embd: {m.n_embd} must be divisible by model.n_head={m.n_head}")
+        if cfg.eval.stride is not None and cfg.eval.stride > m.context // 2:
+            raise ConfigError(f"config eval.stride: must be <= model.context / 2 = {m.context // 2}")
         blocks = cfg.algorithm.fedper_personal_blocks
         if m.backbone == "auto" and cfg.algorithm.name == "fedper" and blocks >= m.n_layer:
             raise ConfigError(
@@ -79,13 +120,16 @@ class TextTask:
             raise ConfigError(
                 "config pretrain.sources: 'ptb-public' needs data.public_docs > 0 (the public slice)"
             )
-        if cfg.lora.targets is not None and (not cfg.lora.targets or set(cfg.lora.targets) - LORA_TARGETS):
+        targets = cfg.lora.targets
+        if targets is not None and (not targets or (m.backbone == "auto" and set(targets) - LORA_TARGETS)):
             raise ConfigError(f"config lora.targets: expected a non-empty subset of {sorted(LORA_TARGETS)}")
 
     # -- backbone ------------------------------------------------------------------------------
     def backbone_path(self) -> Path:
         """``model.backbone``, or the cache slot ``fedgen pretrain`` fills for this architecture + recipe."""
         cfg = self.cfg
+        if cfg.model.backbone in EMBEDDED:
+            return Path(cfg.output.root) / "backbones" / f"{cfg.model.backbone}-<gguf sha>"
         if cfg.model.backbone != "auto":
             return Path(cfg.model.backbone)
         m = cfg.model
@@ -100,18 +144,22 @@ class TextTask:
         return (path / "config.json").is_file()
 
     def pretrain(self, out: Path, progress: bool = True) -> Path:
+        """``auto``: pre-train our word-level GPT-2 into ``out``; a GGUF backbone: dequantize + cache it."""
+        if self.cfg.model.backbone != "auto":
+            return self.ensure_backbone(progress)
         from fedgen.tasks.text.pretrain import pretrain_backbone
 
         return pretrain_backbone(self.cfg, out, progress)
 
     def ensure_backbone(self, progress: bool = True) -> Path:
+        """The backbone's checkpoint dir: pre-trained (``auto``) or dequantized (GGUF) once, then cached."""
+        if self.cfg.model.backbone != "auto":
+            return resolve_backbone(
+                self.cfg.model.backbone, Path(self.cfg.output.root) / "backbones", progress
+            )
         path = self.backbone_path()
         if self.backbone_ready(path):
             return path
-        if self.cfg.model.backbone != "auto":
-            raise FedgenError(
-                f"backbone {path} not found: give an existing checkpoint dir or model.backbone: auto"
-            )
         if progress:
             print(f"No pretrained backbone for this config yet: pretraining one into {path}")
         return self.pretrain(path, progress)
@@ -120,17 +168,17 @@ class TextTask:
     def setup(self, trains: str, progress: bool = True) -> TaskSetup:
         cfg = self.cfg
         ptb = load_ptb(cfg.data.dir)
-        path = self.ensure_backbone(progress)
-        base, vocab, meta = load_backbone(path)
-        if vocab != ptb.vocab:
-            raise FedgenError(f"backbone {path}: its vocab.txt is not PTB's training vocabulary")
-        if base.config.n_positions < cfg.model.context:
+        base, codec, meta = load_text_backbone(self.ensure_backbone(progress))
+        if isinstance(codec, WordCodec) and codec.vocab != ptb.vocab:
+            raise FedgenError(f"backbone {meta.get('path')}: its vocab.txt is not PTB's training vocabulary")
+        arch = architecture(base)
+        if arch["n_positions"] is not None and arch["n_positions"] < cfg.model.context:
             raise FedgenError(
-                f"backbone {path}: model.context={cfg.model.context} exceeds the backbone's maximum "
-                f"context {base.config.n_positions}"
+                f"backbone {meta.get('path')}: model.context={cfg.model.context} exceeds the backbone's "
+                f"maximum context {arch['n_positions']}"
             )
         freeze(base)
-        lm = LMObjective(vocab, cfg.model.context)
+        lm = LMObjective(codec, cfg.model.context, cfg.eval.stride)
         docs, part = load_partition(cfg, ptb)
         if progress:
             s = part.stats["summary"]
@@ -140,18 +188,22 @@ class TextTask:
                 f"train tokens/client {s['tokens_train_min']}-{s['tokens_train_max']} "
                 f"(median {s['tokens_train_median']:.0f})"
             )
-        limit = (cfg.eval.max_tokens or 10**12) + 1
+        words = cfg.eval.max_tokens
         return TaskSetup(
             objective=lm,
             model=base,
             data=client_datasets(lm, docs, part),
             partition=part,
-            eval_sets={"valid": lm.stream(ptb.valid)[:limit], "test": lm.stream(ptb.test)[:limit]},
+            eval_sets={
+                "valid": lm.stream(head_sentences(ptb.valid, words)),
+                "test": lm.stream(head_sentences(ptb.test, words)),
+            },
             backbone={
                 "source": meta.get("source"),
                 "path": meta.get("path"),
                 "params": count_params(base),
-                "architecture": architecture(base),
+                "architecture": arch,
+                "tokenizer": "fedgen word-level PTB vocabulary" if isinstance(codec, WordCodec) else OWN,
                 "ptb_valid_ppl_pretrain": meta.get("ptb_valid_ppl"),
             },
         )
@@ -163,19 +215,26 @@ class TextTask:
 
     def add_adapter(self, model: nn.Module) -> nn.Module:
         a = self.cfg.lora
-        return add_lora(model, a.r, a.alpha, self.lora_targets(self.cfg), a.dropout)
+        try:
+            targets = lora_target_modules(model, self.lora_targets(self.cfg))
+        except FedgenError as e:
+            raise ConfigError(f"config lora.targets: {e}") from None
+        return add_lora(model, a.r, a.alpha, targets, a.dropout)
 
     def personal_keys(self, model: nn.Module, keys: list[str], blocks: int) -> list[str]:
-        """FedPer: the last ``blocks`` transformer blocks and ``ln_f`` (GPT-2's LM head is tied to
-        the input embedding, so it stays shared with it). The block count is the backbone's own."""
-        n_layer = model.config.n_layer
+        """FedPer: the last ``blocks`` transformer blocks and the final norm (the LM head, tied to
+        the input embedding in GPT-2 and SmolLM2, stays shared). Read from the backbone itself."""
+        n_layer = architecture(model)["n_layer"]
         if blocks >= n_layer:
             raise FedgenError(
                 f"algorithm.fedper_personal_blocks={blocks}: the backbone has {n_layer} blocks, "
                 "at least one must stay shared"
             )
-        prefixes = tuple(f"transformer.h.{i}." for i in range(n_layer - blocks, n_layer))
-        return [k for k in keys if k.startswith(prefixes) or k.startswith("transformer.ln_f.")]
+        layers, norm = decoder_blocks(model)
+        prefixes = tuple(f"{layers}{i}." for i in range(n_layer - blocks, n_layer)) + (
+            (norm,) if norm else ()
+        )
+        return [k for k in keys if k.startswith(prefixes)]
 
     # -- outputs -------------------------------------------------------------------------------
     def finish(

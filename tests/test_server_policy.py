@@ -1,0 +1,117 @@
+"""The server trusts no runtime: bad updates are rejected with a reason and the round goes on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedgen.fl.client import FitResult
+from fedgen.fl.server import RoundPolicy, RoundsSkippedError, federate, sample_clients
+
+STATE = {"a.lora_A.weight": torch.zeros(2, 4), "a.lora_B.weight": torch.zeros(4, 2)}
+
+
+class ScriptedRuntime:
+    """Every sampled client returns the global state + its id; ``tamper(k, result)`` may spoil it."""
+
+    def __init__(self, tamper=lambda k, r: r):
+        self.tamper = tamper
+
+    def fit(self, state, client_ids, rnd):
+        out = []
+        for k in client_ids:
+            s = {name: t.clone() + k for name, t in state.items()}
+            r = self.tamper(k, FitResult(k, s, 10, {"train_loss": 1.0}))
+            out.extend(r if isinstance(r, list) else [r])
+        return out
+
+
+def run(tamper, rounds=1, **policy):
+    records = []
+    out = federate(
+        ScriptedRuntime(tamper),
+        dict(STATE),
+        num_clients=8,
+        rounds=rounds,
+        fraction=0.5,
+        seed=0,
+        on_round_end=lambda rec, st: records.append((rec, st)),
+        policy=RoundPolicy(**policy),
+    )
+    return out, records
+
+
+def spoil(fn):
+    def tamper(k, r):
+        fn(r.state)
+        return r
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda s: next(iter(s.values())).fill_(float("nan")), "NaN"),
+        (lambda s: s.update({next(iter(s)): torch.zeros(3)}), "shape"),
+        (lambda s: s.pop(next(iter(s))), "missing"),
+    ],
+)
+def test_corrupt_updates_are_rejected_and_the_round_is_skipped(corrupt, message):
+    out, [(rec, _)] = run(spoil(corrupt))
+    assert rec.skipped and rec.clients == [] and len(rec.rejected) == 4
+    assert all(message in r["reason"] for r in rec.rejected)
+    assert all(torch.equal(out[k], STATE[k]) for k in STATE)  # the global model is untouched
+
+
+def test_the_round_completes_with_the_remaining_valid_updates():
+    sampled = sample_clients(8, 0.5, 0, 1)
+    bad = sampled[0]
+
+    def tamper(k, r):
+        if k == bad:
+            r.state["a.lora_A.weight"] = r.state["a.lora_A.weight"] * 1e6 + float("inf")
+        return r
+
+    out, [(rec, _)] = run(tamper)
+    good = [k for k in sampled if k != bad]
+    assert not rec.skipped and rec.clients == good and [r["client"] for r in rec.rejected] == [bad]
+    assert torch.allclose(out["a.lora_A.weight"], torch.full((2, 4), sum(good) / len(good)))
+
+
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        (lambda k, r: [r, r], "second update"),
+        (lambda k, r: FitResult(k + 100, r.state, 10, r.metrics), "not sampled"),
+        (lambda k, r: FitResult(k, r.state, 0, r.metrics), "not a positive integer"),
+        (lambda k, r: FitResult(k, r.state, 11, r.metrics), "holds 10 training examples"),
+    ],
+)
+def test_client_ids_and_sample_counts_are_checked(tamper, reason):
+    _, [(rec, _)] = run(tamper, client_sizes=dict.fromkeys(range(8), 10))
+    assert rec.rejected and all(reason in r["reason"] for r in rec.rejected)
+    assert len(set(rec.clients)) == len(rec.clients) <= 4  # nothing counted twice
+
+
+def test_fewer_valid_updates_than_min_clients_skip_the_round():
+    sampled = sample_clients(8, 0.5, 0, 1)
+    tamper = spoil(lambda s: s.pop("a.lora_B.weight"))
+    _, [(rec, _)] = run(lambda k, r: tamper(k, r) if k in sampled[:2] else r, min_clients=3)
+    assert rec.skipped and len(rec.rejected) == 2
+
+
+def test_too_many_skipped_rounds_in_a_row_stop_the_run_after_checkpointing():
+    records = []
+    with pytest.raises(RoundsSkippedError, match="2 rounds in a row"):
+        federate(
+            ScriptedRuntime(spoil(lambda s: s.pop("a.lora_B.weight"))),
+            dict(STATE),
+            num_clients=8,
+            rounds=5,
+            fraction=0.5,
+            seed=0,
+            on_round_end=lambda rec, st: records.append(rec.round),
+            policy=RoundPolicy(max_skipped_rounds=2),
+        )
+    assert records == [1, 2]  # each skipped round was still recorded (and checkpointed) before stopping
