@@ -247,7 +247,7 @@ def test_compare_never_mixes_runs_made_with_other_settings(dummy, tmp_path, caps
 
 
 def test_validated_personalization_keeps_the_global_model_when_nothing_beats_it(dummy, tmp_path):
-    """A learning rate that can only hurt: every client keeps the global model, on its validation split's word."""
+    """A learning rate that can only hurt: every client keeps the global model."""
     s = run_experiment(dummy("fedgen", lr_multipliers=[1e4], max_epochs=1), tmp_path / "run", progress=False)
     pers = json.loads((tmp_path / "run" / "personalization.json").read_text())
     assert pers["kept_global_fraction"] == 1.0
