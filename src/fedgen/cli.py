@@ -33,13 +33,20 @@ def _result_table(summary: dict) -> str:
 def cmd_run(args) -> int:
     from fedgen.run import run_experiment
 
-    if args.resume:
-        cfg = _load(args) if args.config else None
+    if getattr(args, "runtime", None):
+        args.set = [*(args.set or []), f"runtime={args.runtime}"]
+    cfg = _load(args) if (args.config or not args.resume) else None
+    runtime = args.runtime or (cfg.runtime if cfg is not None else _saved_runtime(args.resume))
+    if runtime != "in-process":
+        from fedgen.runtime.flower.launch import run_on_flower
+
+        summary = run_on_flower(cfg, args.out, args.resume, args.stop_after, runtime)
+    elif args.resume:
         summary = run_experiment(
             cfg, args.resume, resume=True, stop_after=args.stop_after, progress=not args.quiet
         )
     else:
-        summary = run_experiment(_load(args), args.out, stop_after=args.stop_after, progress=not args.quiet)
+        summary = run_experiment(cfg, args.out, stop_after=args.stop_after, progress=not args.quiet)
     if "stopped_after_round" in summary:
         print(
             f"stopped after round {summary['stopped_after_round']}; continue with: "
@@ -49,6 +56,26 @@ def cmd_run(args) -> int:
     print()
     print(_result_table(summary))
     print(f"\nrun dir: {summary['run_dir']}  (report.md, summary.json, metrics.jsonl, adapters)")
+    return 0
+
+
+def _saved_runtime(run_dir: str) -> str:
+    from fedgen.config import load_config
+
+    path = Path(run_dir) / "config.yaml"
+    return load_config(path).runtime if path.is_file() else "in-process"
+
+
+def cmd_deploy(args) -> int:
+    from fedgen.runtime.flower import pki
+
+    out = Path(args.out)
+    if args.action == "certs":
+        paths = pki.make_tls(out, args.host)
+        print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    elif args.action == "node-key":
+        private, public = pki.make_node_key(out, args.name)
+        print(f"private: {private}\npublic:  {public}  (flwr supernode register {public} CONNECTION)")
     return 0
 
 
@@ -167,7 +194,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/<name>-<time>)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     r.add_argument("--stop-after", type=int, metavar="N", help="stop after round N (resumable)")
+    r.add_argument(
+        "--runtime",
+        choices=["in-process", "flower-sim", "flower-deploy"],
+        help="where rounds run (default: the config's runtime:, in-process); see `fedgen deploy --help`",
+    )
     r.set_defaults(func=cmd_run)
+
+    from fedgen.runtime.flower.guide import DEPLOY_GUIDE
+
+    dp = sub.add_parser(
+        "deploy",
+        help="run on a Flower deployment (TLS, SuperNode auth): step by step, and key/cert helpers",
+        description=DEPLOY_GUIDE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dps = dp.add_subparsers(dest="action", required=True)
+    dc = dps.add_parser("certs", help="write a CA and a SuperLink TLS certificate (ca.crt, server.pem/.key)")
+    dc.add_argument("--out", required=True)
+    dc.add_argument("--host", action="append", required=True, help="SuperLink host name or IP (repeatable)")
+    dk = dps.add_parser("node-key", help="write a SuperNode auth key pair (OpenSSH EC P-384)")
+    dk.add_argument("--out", required=True)
+    dk.add_argument("--name", required=True)
+    dp.set_defaults(func=cmd_deploy)
 
     c = sub.add_parser("compare", help="run every algorithm x seed and tabulate (resumable)")
     common(c)

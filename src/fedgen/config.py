@@ -176,6 +176,19 @@ class OutputConfig:
 
 
 @dataclass
+class FlowerConfig:
+    """Flower runtimes (``runtime: flower-sim | flower-deploy``; see ``fedgen deploy --help``)."""
+
+    # flower-deploy: a SuperLink connection of $FLWR_HOME/config.toml (null: its default one)
+    superlink: str | None = None
+    round_timeout: float = field(default=600.0, metadata=_range(0.0, None, lo_open=True))  # s per round
+    wait_nodes: float = field(default=120.0, metadata=_range(0.0, None))  # s to wait for SuperNodes
+    client_cpus: float = field(
+        default=1.0, metadata=_range(0.0, None, lo_open=True)
+    )  # flower-sim, per client
+
+
+@dataclass
 class Config:
     """A complete FedGen-Edge experiment (``task``: a registered task: text on PTB, image on CIFAR-10)."""
 
@@ -184,6 +197,8 @@ class Config:
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present (bf16 autocast), else CPU
     threads: int | None = field(default=None, metadata=_range(1, 1024))
+    # Where federated rounds run: in this process, Flower's Simulation Engine, or a Flower deployment.
+    runtime: Literal["in-process", "flower-sim", "flower-deploy"] = "in-process"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: AdapterConfig = field(default_factory=AdapterConfig)
@@ -194,15 +209,17 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def result_digest(self) -> str:
         """Short hash of every setting that can change a run's results: all but the experiment's
-        name, its thread count, where the data is read from and where outputs go."""
+        name, its thread count, the runtime (runtimes give equal results), where the data is
+        read from and where outputs go."""
         d = self.to_dict()
-        for key in ("name", "threads", "output"):
+        for key in ("name", "threads", "output", "runtime", "flower"):
             d.pop(key)
         d["data"].pop("dir")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

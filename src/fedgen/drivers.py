@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,9 +21,10 @@ from tqdm.auto import tqdm
 from fedgen.errors import FedgenError
 from fedgen.experiment import Experiment, distribution
 from fedgen.fl.aggregate import first_nonfinite
+from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.client import ClientData, derive_seed
 from fedgen.fl.comm import formula_bytes, num_params
-from fedgen.fl.server import RoundPolicy, RoundRecord, federate
+from fedgen.fl.server import RoundPolicy, RoundRecord, Runtime, federate
 from fedgen.models.params import State
 from fedgen.rundir import Resume, RunDir, write_state
 from fedgen.runtime.simulate import InProcessRuntime
@@ -53,10 +55,24 @@ class Clock:
         return round(self.prior + time.time() - self.start, 2)
 
 
+# Builds the runtime that carries a run's rounds; None: in-process (fedgen.runtime.simulate)
+RuntimeFactory = Callable[[Experiment, ClientLogic], Runtime]
+
+
 def run_federated(
-    exp: Experiment, rd: RunDir, resume: Resume, clock: Clock, stop_after: int | None, progress: bool
+    exp: Experiment,
+    rd: RunDir,
+    resume: Resume,
+    clock: Clock,
+    stop_after: int | None,
+    progress: bool,
+    make_runtime: RuntimeFactory | None = None,
 ) -> Outcome:
-    """Rounds ``resume.round + 1 .. fl.rounds`` (or ``stop_after``), evaluated and checkpointed."""
+    """Rounds ``resume.round + 1 .. fl.rounds`` (or ``stop_after``), evaluated and checkpointed.
+
+    ``make_runtime(exp, logic)`` gives the runtime (default: in-process). A runtime with a
+    ``last_round`` dict (e.g. Flower's payload bytes) adds it to each round's metrics row.
+    """
     cfg, f = exp.cfg, exp.cfg.fl
     logic = exp.spec.client_logic(exp)
     logic.kept.update(resume.kept)
@@ -66,6 +82,10 @@ def run_federated(
     last_round = min(f.rounds, stop_after) if stop_after is not None else f.rounds
     bar = tqdm(total=max(last_round - resume.round, 0), desc=f"{exp.spec.name} rounds", disable=not progress)
     cbar = tqdm(desc="clients", disable=not progress, unit="client", leave=False)
+    if make_runtime is None:
+        runtime: Runtime = InProcessRuntime(logic, exp.data, cfg.seed, progress=cbar)
+    else:
+        runtime = make_runtime(exp, logic)
 
     def on_round_end(rec: RoundRecord, new_state: State) -> None:
         counters["upload_bytes_total"] += rec.upload_bytes
@@ -76,6 +96,7 @@ def run_federated(
             "download_bytes_cum": counters["download_bytes_total"],
             "upload_params": upload_params,
             "upload_bytes_formula": formula_bytes(upload_params) * rec.received,
+            **getattr(runtime, "last_round", {}),
         }
         final = rec.round == f.rounds
         if exp.spec.has_global and (rec.round % cfg.eval.every == 0 or final):
@@ -103,7 +124,7 @@ def run_federated(
         bar.update(1)
 
     state = federate(
-        InProcessRuntime(logic, exp.data, cfg.seed, progress=cbar),
+        runtime,
         state,
         num_clients=cfg.data.num_clients,
         rounds=last_round,

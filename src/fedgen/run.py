@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fedgen.config import Config, load_config, save_config
-from fedgen.drivers import Clock, run_central, run_federated, run_local
+from fedgen.drivers import Clock, RuntimeFactory, run_central, run_federated, run_local
 from fedgen.errors import CheckpointError, FedgenError
 from fedgen.experiment import Experiment, distribution
 from fedgen.models.params import State
@@ -66,12 +66,14 @@ def run_experiment(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    make_runtime: RuntimeFactory | None = None,
 ) -> dict:
     """Run (or resume) one experiment (``cfg.algorithm.name``). Returns summary.json's content.
 
     ``stop_after=N`` stops after round N as if the process had been killed (the run can be
     resumed); ``resume=True`` continues ``run_dir`` from its last checkpoint using the config
     saved there. Local and centralized training have no rounds: they restart when resumed.
+    ``make_runtime`` carries federated rounds elsewhere (default: in-process; see :mod:`fedgen.runtime`).
     """
     clock = Clock()
     cfg, rd = _open_run(cfg, run_dir, resume)
@@ -91,7 +93,7 @@ def run_experiment(
         )
 
     if exp.spec.mode == "federated":
-        outcome = run_federated(exp, rd, start, clock, stop_after, progress)
+        outcome = run_federated(exp, rd, start, clock, stop_after, progress, make_runtime)
         if outcome.stopped:
             return {"stopped_after_round": stop_after, "run_dir": str(rd.path)}
     elif exp.spec.mode == "local":

@@ -5,15 +5,32 @@ from __future__ import annotations
 from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.client import ClientData, FitResult, derive_seed
 from fedgen.models.params import State
+from fedgen.runtime.store import ClientStore
 
 
 class InProcessRuntime:
-    """Runs each sampled client's ``fit`` sequentially and deterministically in this process."""
+    """Runs each sampled client's ``fit`` sequentially and deterministically in this process.
 
-    def __init__(self, client: ClientLogic, data: dict[int, ClientData], seed: int, progress=None):
-        self.client, self.data, self.seed, self.progress = client, data, seed, progress
+    With ``store``, the clients' kept states (FedPer, Ditto) live in that on-disk
+    :class:`~fedgen.runtime.store.ClientStore` instead of memory (what they held so far is moved there).
+    """
+
+    def __init__(
+        self,
+        client: ClientLogic,
+        data: dict[int, ClientData],
+        seed: int,
+        progress=None,
+        store: ClientStore | None = None,
+    ):
+        self.client, self.data, self.seed, self.progress, self.store = client, data, seed, progress, store
+        if store is not None:
+            store.update(client.kept)
+            client.kept = store
 
     def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]:
+        if self.store is not None:
+            self.store.begin_round(rnd)
         results = []
         for k in client_ids:
             results.append(self.client.fit(state, self.data[k], derive_seed(self.seed, "fit", rnd, k)))

@@ -1,0 +1,119 @@
+"""The server loop's runtime over Flower: ``fit(state, client_ids, round)`` as one message per client.
+
+Each sampled client k gets a ``train`` message, sent to the SuperNode that holds partition k,
+with the global state (``arrays``) and ``config`` = {round, client}. The reply carries the
+trained (uploaded) state, ``num-examples`` and the fit's metrics. Which node holds which
+partition is asked once per node with a ``query`` message (the ClientApp answers from its
+``node_config``), so the server samples partition ids with the same
+:func:`~fedgen.fl.server.sample_clients` as the in-process runtime.
+
+Kept client states (FedPer, Ditto) live in each node's :class:`~fedgen.runtime.store.ClientStore`.
+The reply also carries the client's new kept state (``kept``) so that the server can evaluate
+personalized models and checkpoint them as the in-process runtime does; it is counted apart
+(``flower_kept_mirror_bytes``), not as upload, and is an evaluation aid, not part of the protocol.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedgen.errors import FedgenError, UpdateError
+from fedgen.fl.client import FitResult
+from fedgen.models.params import State
+from fedgen.runtime.flower.records import from_arrays, payload_bytes, to_arrays
+
+
+class FlowerRuntime:
+    """``runtime.fit`` through a Flower ``Grid`` (simulation or deployment alike)."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        num_clients: int,
+        *,
+        round_timeout: float = 600.0,
+        wait_nodes: float = 120.0,
+        mirror_kept: dict[int, State] | None = None,
+    ):
+        self.grid, self.num_clients, self.mirror_kept = grid, num_clients, mirror_kept
+        self.round_timeout, self.wait_nodes = round_timeout, wait_nodes
+        self.node_of: dict[int, int] = {}  # partition id -> node id
+        self._asked: set[int] = set()
+        self.last_round: dict[str, float] = {}  # Flower payload bytes and seconds of the last fit
+
+    def _ask(self, nodes: list[int]) -> None:
+        msgs = [
+            Message(RecordDict({"config": ConfigRecord({"ask": "partition-ids"})}), n, MessageType.QUERY)
+            for n in nodes
+        ]
+        for r in self.grid.send_and_receive(msgs, timeout=self.round_timeout):
+            if r.has_error():
+                raise FedgenError(f"node {r.metadata.src_node_id}: partition query failed: {r.error.reason}")
+            for k in r.content["config"]["partition-ids"]:
+                k = int(k)
+                other = self.node_of.get(k)
+                if other is not None and other != r.metadata.src_node_id:
+                    raise FedgenError(
+                        f"partition {k} is claimed by nodes {other} and {r.metadata.src_node_id}"
+                    )
+                self.node_of[k] = r.metadata.src_node_id
+        self._asked.update(nodes)
+
+    def discover(self, needed: list[int]) -> None:
+        """Map partitions to nodes until every id in ``needed`` has one (or ``wait_nodes`` passes)."""
+        deadline = time.monotonic() + self.wait_nodes
+        while True:
+            new = sorted(set(self.grid.get_node_ids()) - self._asked)
+            if new:
+                self._ask(new)
+            missing = [k for k in needed if k not in self.node_of]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise FedgenError(
+                    f"no SuperNode holds partition(s) {missing} after {self.wait_nodes:.0f} s "
+                    f"({len(self._asked)} node(s) connected; start one per partition with "
+                    "--node-config partition-id=K)"
+                )
+            time.sleep(0.5)
+
+    def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]:
+        self.discover(list(range(self.num_clients)) if not self.node_of else client_ids)
+        t0 = time.perf_counter()
+        arrays = to_arrays(state)
+        msgs = [
+            Message(
+                RecordDict({"arrays": arrays, "config": ConfigRecord({"round": rnd, "client": k})}),
+                self.node_of[k],
+                MessageType.TRAIN,
+                group_id=str(rnd),
+            )
+            for k in client_ids
+        ]
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.round_timeout))
+        results, up, mirrored = [], 0, 0
+        for r in replies:
+            if r.has_error():
+                raise UpdateError(f"round {rnd} node {r.metadata.src_node_id}: {r.error.reason}")
+            m = dict(r.content["metrics"])
+            k, n = int(m.pop("client")), int(m.pop("num-examples"))
+            up += payload_bytes(r.content["arrays"])
+            results.append(FitResult(k, from_arrays(r.content["arrays"]), n, m))
+            if self.mirror_kept is not None and "kept" in r.content.array_records:
+                self.mirror_kept[k] = from_arrays(r.content["kept"])
+                mirrored += payload_bytes(r.content["kept"])
+        missing = sorted(set(client_ids) - {r.client_id for r in results})
+        if missing:
+            raise FedgenError(
+                f"round {rnd}: no reply from client(s) {missing} within {self.round_timeout:.0f} s"
+            )
+        self.last_round = {
+            "flower_payload_down_bytes": payload_bytes(arrays) * len(client_ids),
+            "flower_payload_up_bytes": up,
+            "flower_kept_mirror_bytes": mirrored,
+            "flower_fit_seconds": round(time.perf_counter() - t0, 3),
+        }
+        return results
