@@ -28,8 +28,8 @@ test: $(BIN)/fedgen
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/fedgen
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 bench: data
 	$(BIN)/python benchmarks/overhead.py

@@ -35,7 +35,7 @@ from fedgen.data.cifar10 import load_cifar10, public_split
 from fedgen.gan_pretrain import Recipe, evaluate, pretrain
 from fedgen.metrics.classifier import load_or_train_classifier
 from fedgen.models.cgan import GanConfig
-from fedgen.tasks.image import Images
+from fedgen.tasks.image.gan import Images
 
 BASE_CONFIG = GanConfig(nz=128, ngf=32, ndf=32)
 BASE_RECIPE = Recipe(steps=10**6)  # the CPU budget ends each run
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_cifar10(args.data)
-    public, _ = public_split(len(data.train_y), args.public_fraction, 0)  # as image_run.splits (seed 0)
+    public, _ = public_split(len(data.train_y), args.public_fraction, 0)  # as tasks.image.data.splits
     out = Path(args.out)
     rows = {}
     for name in args.variants.split(","):

@@ -29,7 +29,7 @@ from fedgen.gan_pretrain import Recipe, evaluate, pretrain, recipe_key, save_bac
 from fedgen.metrics.classifier import load_or_train_classifier
 from fedgen.metrics.fid import images_digest
 from fedgen.models import cgan
-from fedgen.tasks.image import Images
+from fedgen.tasks.image.gan import Images
 
 CPU_CONFIG = cgan.GanConfig(nz=128, ngf=32, ndf=32, norm="gn", aux_classifier=True)
 CPU_RECIPE = Recipe(steps=1500)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_cifar10(args.data)
-    public, _ = public_split(len(data.train_y), args.public_fraction, 0)  # as image_run.splits (seed 0)
+    public, _ = public_split(len(data.train_y), args.public_fraction, 0)  # as tasks.image.data.splits
     config, recipe = replace(CPU_CONFIG, norm=args.norm), replace(CPU_RECIPE, steps=args.steps)
     data_id = f"cifar10-public{args.public_fraction}-{images_digest(data.train_x[public])[:16]}"
     key = recipe_key(config, recipe, data_id)

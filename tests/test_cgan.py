@@ -13,7 +13,7 @@ from fedgen.gan_pretrain import Recipe, evaluate, pretrain, save_backbone
 from fedgen.metrics.classifier import load_or_train_classifier
 from fedgen.models import cgan
 from fedgen.models.conv_lora import LoraConvTranspose2d, add_generator_lora, generator_conv_names
-from fedgen.tasks.image import Images
+from fedgen.tasks.image.gan import Images
 
 SMALL = cgan.GanConfig(nz=16, ngf=8, ndf=8)
 

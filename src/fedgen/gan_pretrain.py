@@ -31,7 +31,7 @@ from tqdm import tqdm
 from fedgen.fl.client import derive_seed
 from fedgen.metrics.fid import frechet_distance_to
 from fedgen.models import cgan
-from fedgen.tasks.image import ClassMixtureReference, Images, ImageTask, to_float
+from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, to_float
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -220,14 +220,14 @@ def save_backbone(result: PretrainResult, path: str | Path, recipe: Recipe, meta
 def evaluate(generator, classifier, test: Images, n: int = 1000, seed: int = 0) -> dict:
     """FD-classifier and class accuracy of ``n`` class-balanced samples, the project's way.
 
-    ``fdc``/``acc`` use :meth:`fedgen.tasks.image.ImageTask.evaluate` (labels sorted by class, drawn
+    ``fdc``/``acc`` use :meth:`fedgen.tasks.image.gan.GanObjective.evaluate` (labels sorted by class, drawn
     in batches of 100, as every run scores its models); ``fdc_mixed``/``acc_mixed`` draw the same
     labels in shuffled order (matters only for a batch-statistics generator: ``norm="bn"``).
     """
     generator.eval()
     feats = classifier.features(test.x.numpy())
     ref = ClassMixtureReference(feats, test.y.numpy(), 10)
-    task = ImageTask(
+    task = GanObjective(
         nz=generator.nz,
         num_classes=10,
         discriminator_init=None,
