@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def convergence(
             ax.set_yscale("log")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("round")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(textwrap.fill(ylabel, 40), fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
@@ -128,12 +129,14 @@ def personalization(points: dict[str, list[tuple[float, float]]], label: str, ti
         xs, ys = zip(*pts, strict=True)
         sc.scatter(xs, ys, s=14, alpha=0.7, color=f"C{i % 10}", label=alg)
         hist.hist([y - x for x, y in pts], bins=bins, alpha=0.5, color=f"C{i % 10}", label=alg)
-    sc.set_xlabel(f"{label}, global model")
-    sc.set_ylabel(f"{label}, client's own model")
+    sc.set_xlabel(textwrap.fill(f"{label}, global model", 50), fontsize=8)
+    sc.set_ylabel(textwrap.fill(f"{label}, client's own model", 40), fontsize=8)
     sc.legend(fontsize=7)
     sc.grid(alpha=0.3)
     hist.axvline(0, color="black", linewidth=1)
-    hist.set_xlabel(f"change per client: own - global ({label}; < 0 is better)")
+    hist.set_xlabel(
+        textwrap.fill(f"change per client: own - global ({label}; < 0 is better)", 50), fontsize=8
+    )
     hist.set_ylabel("clients")
     hist.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
@@ -166,7 +169,7 @@ def ablation(
             ax.set_xscale("log", base=2)
         ax.set_xticks(values, [str(v) for v in values])
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(yl)
+        ax.set_ylabel(textwrap.fill(yl, 40), fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return _save(fig, out)

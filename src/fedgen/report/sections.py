@@ -3,7 +3,6 @@ Every number comes from a part's run outputs; the paper's figures from :mod:`fed
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from fedgen.report import figures
@@ -203,6 +202,15 @@ def ablation(parts: list[Part], kind: str, fig_dir: Path) -> list[str]:
     return lines or [f"No {kind} sweep in this suite (`fedgen reproduce` runs one).", ""]
 
 
+def _small_copy(src: Path, dst: Path) -> None:
+    """Copy a sample grid at its native resolution (runs save it upscaled 2x, nearest neighbour)."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        small = im.resize((im.width // 2, im.height // 2), Image.NEAREST) if im.width > 400 else im.copy()
+    small.save(dst, optimize=True)
+
+
 def sample_grids(mains: list[Part], fig_dir: Path) -> list[str]:
     lines = []
     for part in (p for p in mains if p.task == "image"):
@@ -213,7 +221,7 @@ def sample_grids(mains: list[Part], fig_dir: Path) -> list[str]:
                 src = runs[0] / "samples" / png
                 if src.is_file():
                     dst = fig_dir / f"grid-{part.name}-{alg}-{who}.png"
-                    shutil.copyfile(src, dst)
+                    _small_copy(src, dst)
                     lines += [
                         f"**{part.name}, {alg}, {who}** ({runs[0].name})",
                         "",
