@@ -1,4 +1,4 @@
-"""``fedgen`` command line: run | compare | pretrain | generate | report | data."""
+"""``fedgen`` command line: run | compare | reproduce | pretrain | generate | report | export | data."""
 
 from __future__ import annotations
 
@@ -131,11 +131,25 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from fedgen.export import export
+
+    out = export(args.run, args.out, args.client)
+    print(f"exported to {out} (see {out}/fedgen_export.json)")
+    return 0
+
+
 def cmd_report(args) -> int:
     from fedgen.registry import task_class
+    from fedgen.report.parts import is_suite
     from fedgen.rundir import RunDir
 
     rd = RunDir(Path(args.run))
+    if not (rd.path / "summary.json").is_file() and is_suite(rd.path):
+        from fedgen.report.suite import write_suite_report
+
+        print(write_suite_report(rd.path))
+        return 0
     if not (rd.path / "summary.json").is_file():
         raise FedgenError(f"{rd.path} has no summary.json (is the run finished? resume it with --resume)")
     summary = json.loads((rd.path / "summary.json").read_text())
@@ -144,6 +158,47 @@ def cmd_report(args) -> int:
     report = task_class(summary.get("task", "text")).report
     print(report.write_report(rd.path, summary, rd.read_metrics(), pers))
     print(report.result_table(summary))
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise FedgenError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_reproduce(args) -> int:
+    from fedgen.config import load_config
+    from fedgen.registry import algorithm_names
+    from fedgen.reproduce import KINDS, SUITES, config_path, describe, plan, run_suite
+
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"data.dir={args.data_dir}")
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(SUITES[args.suite])
+    kinds = tuple(k.strip() for k in args.only.split(",")) if args.only else KINDS
+    if set(tasks) - set(SUITES[args.suite]) or set(kinds) - set(KINDS):
+        raise FedgenError(
+            f"--tasks: choose from {', '.join(SUITES[args.suite])}; --only: from {', '.join(KINDS)}"
+        )
+    given = {"text": args.text_config, "image": args.image_config}
+    configs = {t: load_config(given[t] or config_path(SUITES[args.suite][t]), overrides) for t in tasks}
+    known = algorithm_names()
+    algs = known if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
+    if set(algs) - set(known):
+        raise FedgenError(
+            f"unknown algorithm(s) {sorted(set(algs) - set(known))}; choose from {', '.join(known)}"
+        )
+    parts = plan(configs=configs, algorithms=algs, kinds=kinds)
+    seeds = _seeds(args.seeds)
+    if args.dry_run:
+        print(describe(parts, seeds))
+        return 0
+    out = args.out or str(Path(next(iter(configs.values())).output.root) / f"reproduce-{args.suite}")
+    command = "fedgen " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
+    report = run_suite(parts, seeds, out, progress=not args.quiet, command=command)
+    print(f"\nsuite report: {report}")
     return 0
 
 
@@ -248,9 +303,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="image runs: PNG path (default RUN/samples/generate-*.png)")
     g.set_defaults(func=cmd_generate)
 
-    rp = sub.add_parser("report", help="rewrite and print a finished run's report")
-    rp.add_argument("--run", required=True)
+    rp = sub.add_parser(
+        "report", help="rewrite a finished run's report, or a suite's (dir of compare outputs)"
+    )
+    rp.add_argument(
+        "--run", required=True, help="run dir, compare dir, or suite dir (fedgen reproduce --out)"
+    )
     rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser(
+        "export", help="merge a run's global (or a client's personalized) model into a plain checkpoint"
+    )
+    ex.add_argument("--run", required=True)
+    ex.add_argument("--client", type=int, help="export this client's personalized model")
+    ex.add_argument("out", help="output directory (new or empty)")
+    ex.set_defaults(func=cmd_export)
+
+    rr = sub.add_parser("reproduce", help="the paper's experiments as one resumable suite, then its report")
+    rr.add_argument("--suite", choices=["cpu", "paper"], required=True)
+    rr.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    rr.add_argument("--dry-run", action="store_true", help="print the run plan, run nothing")
+    rr.add_argument("--out", help="suite dir (default runs/reproduce-<suite>)")
+    rr.add_argument("--tasks", help="comma-separated subset of text,image (default both)")
+    rr.add_argument("--only", help="comma-separated subset of main,rank,epochs (default all)")
+    rr.add_argument(
+        "--algorithms", default="all", help="main comparison's algorithms, comma-separated or 'all'"
+    )
+    rr.add_argument("--text-config", help="replace the suite's text config")
+    rr.add_argument("--image-config", help="replace the suite's image config")
+    rr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in every config")
+    rr.add_argument("--data-dir", help="data root (default $FEDGEN_DATA or ./data)")
+    rr.add_argument("--quiet", action="store_true", help="no progress bars")
+    rr.set_defaults(func=cmd_reproduce)
 
     d = sub.add_parser("data", help="fetch / verify datasets, show partitions")
     dsub = d.add_subparsers(dest="action", required=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 from fedgen.metrics.classifier import FD_CLASSIFIER_LABEL
 from fedgen.report import common
+from fedgen.report import paper as paper_figures
 
 
 def _f(x: float | None, nd: int = 2) -> str:
@@ -140,7 +141,18 @@ compare_columns = [
     ("upload_bytes_total", "upload total"),
     ("wall_seconds", "wall s"),
 ]
-paper: dict[str, dict] = {}  # no image figure of the paper's is quoted in our tracker
+# The paper's reported FIDs (fedgen/report/paper.json, from ../shared/paper/README.md): the paper's
+# Inception FID on 10,000 samples, ours on image.fid_samples against a JPEG-decoded copy.
+paper: dict[str, dict] = paper_figures.compare_figures("image")
+
+# What the suite report (fedgen.report.suite) plots for this task, all read from run outputs.
+suite = {
+    "metric": ("fid_global", "Inception FID, global model"),
+    "fallback": ("fid_all", "Inception FID-all, clients' own models"),  # no global model (local, fedper)
+    "convergence": [("test_fdc", f"{FD_CLASSIFIER_LABEL}, global model")],
+    "client_metric": ("fdc", f"local {FD_CLASSIFIER_LABEL}"),  # personalization.json
+    "log_y": False,
+}
 
 
 def flatten(summary: dict) -> dict:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgen.report import common
+from fedgen.report import paper as paper_figures
 
 
 def _ppl(x: float | None) -> str:
@@ -114,12 +115,22 @@ compare_columns = [
     ("wall_seconds", "wall s"),
 ]
 
-# The paper's reported figures, kept apart from ours. The tracker quotes "16.2 GB over 500 rounds"
-# for FedAvg with 85M parameters. That figure equals 500 rounds x 10 clients x 405,000 params
-# x 4 B x 2 (upload + download): a ~0.4M-parameter LoRA adapter's traffic. An 85M-parameter
-# model's upload alone would be 1.7 TB (tests/test_algorithms.py::test_paper_traffic_arithmetic).
-paper: dict[str, dict] = {
-    "fedavg-full": {"communication": "16.2 GB over 500 rounds (as quoted; see fedgen.tasks.text.report)"},
+# The paper's reported figures (fedgen/report/paper.json, copied from ../shared/paper/README.md), kept
+# apart from ours. The quoted traffic (16.2 GB for FedAvg over 500 rounds with 85M parameters) equals
+# 500 rounds x 10 clients x 405,000 params x 4 B x 2 (upload + download): a ~0.4M-parameter LoRA
+# adapter's traffic. An 85M-parameter model's upload alone would be 1.7 TB
+# (tests/test_algorithms.py::test_paper_traffic_arithmetic), so it is printed "as quoted".
+paper: dict[str, dict] = paper_figures.compare_figures("text")
+
+# What the suite report (fedgen.report.suite) plots for this task, all read from run outputs.
+suite = {
+    "metric": ("test_ppl_final", "PTB test PPL"),  # compare.json column, beside the paper's figure
+    # algorithms without a global model: the mean over clients of their own models (the paper's
+    # Local-only figure is such a mean)
+    "fallback": ("local_test_ppl_personalized_mean", "mean local-test PPL, clients' own models"),
+    "convergence": [("test_ppl", "PTB test PPL, global model"), ("valid_ppl", "PTB valid PPL, global model")],
+    "client_metric": ("ppl", "local-test PPL"),  # personalization.json
+    "log_y": True,
 }
 
 

@@ -1,0 +1,254 @@
+"""``fedgen reproduce``: the paper's experiments as one resumable suite, then its report.
+
+A suite is, per task (text, image): the main comparison (every registered algorithm x seeds)
+and FedGen-Edge's two ablations, LoRA rank r in (2, 4, 8, 16, 32) and local epochs E in
+(1, 2, 5, 10, 20) (the paper's Figs. 6 and 7). Each (task, sweep value) is one
+:func:`fedgen.compare.compare` call into its own directory, so the suite is resumable exactly
+like ``fedgen compare`` (finished runs whose result key matches are skipped, interrupted ones
+resumed). The sweep value equal to the task config's own (e.g. r = 8 for text) is not run again:
+the report reads FedGen-Edge's rows of the main comparison for it. The rank sweep keeps the
+config's ``lora.alpha`` (scaling alpha / r, as in Hu et al. 2021).
+
+Layout of ``OUT``: ``suite.json`` (the plan, progress, wall time), ``<task>/`` (main comparison),
+``<task>-rank-r<r>/``, ``<task>-epochs-E<E>/``, then ``report.md`` + ``figures/`` (see
+:mod:`fedgen.report.suite`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedgen.config import Config, config_from_dict, load_config
+from fedgen.errors import FedgenError
+from fedgen.fl.server import clients_per_round
+from fedgen.registry import algorithm, algorithm_names
+from fedgen.report import paper
+
+SUITES = {
+    "cpu": {"text": "configs/ptb-cpu.yaml", "image": "configs/cifar-cpu.yaml"},
+    "paper": {"text": "configs/ptb-paper.yaml", "image": "configs/cifar-paper.yaml"},
+}
+SWEEP_ALGORITHM = "fedgen"
+RANKS = tuple(paper.ablation_values()["rank"])
+EPOCHS = tuple(paper.ablation_values()["local_epochs"])
+KINDS = ("main", "rank", "epochs")
+
+
+@dataclass
+class PlanPart:
+    """One compare call of the suite (``same_as``: not run, the named main part holds its rows)."""
+
+    name: str
+    task: str
+    kind: str  # "main" | "rank" | "epochs"
+    value: int | None
+    cfg: Config
+    algorithms: list[str]
+    same_as: str | None = None
+
+    @property
+    def dir(self) -> str:
+        return self.same_as or self.name
+
+    def meta(self) -> dict:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "kind": self.kind,
+            "value": self.value,
+            "dir": self.dir,
+            "same_as": self.same_as,
+            "algorithm": SWEEP_ALGORITHM if self.kind != "main" else None,
+            "algorithms": self.algorithms,
+            "config": self.cfg.name,
+        }
+
+
+def config_path(rel: str) -> Path:
+    """A suite config: ``configs/...`` of this source tree, else relative to the working directory."""
+    repo = Path(__file__).resolve().parents[2] / rel
+    return repo if repo.is_file() else Path(rel)
+
+
+def _with(cfg: Config, section: str, name: str, **values) -> Config:
+    """A copy of ``cfg`` with ``section``'s fields replaced, validated again."""
+    c = dataclasses.replace(cfg, name=name, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+    return config_from_dict(c.to_dict())
+
+
+def plan(
+    suite: str | None = None,
+    *,
+    configs: dict[str, Config] | None = None,
+    overrides: list[str] | None = None,
+    algorithms: list[str] | None = None,
+    ranks: tuple[int, ...] = RANKS,
+    epochs: tuple[int, ...] = EPOCHS,
+    kinds: tuple[str, ...] = KINDS,
+) -> list[PlanPart]:
+    """The suite's parts: per task the main comparison, then the rank and local-epoch sweeps."""
+    if configs is None:
+        if suite not in SUITES:
+            raise FedgenError(f"--suite: expected one of {', '.join(SUITES)}, got {suite!r}")
+        configs = {t: load_config(config_path(p), overrides) for t, p in SUITES[suite].items()}
+    algs = algorithms or algorithm_names()
+    parts: list[PlanPart] = []
+    for task, cfg in configs.items():
+        main = "main" in kinds
+        if main:
+            parts.append(PlanPart(task, task, "main", None, cfg, list(algs)))
+        sweeps = [("rank", ranks, "lora", "r", "r"), ("epochs", epochs, "fl", "local_epochs", "E")]
+        for kind, values, section, field, tag in sweeps:
+            if kind not in kinds:
+                continue
+            base = getattr(getattr(cfg, section), field)
+            for v in values:
+                name = f"{task}-{kind}-{tag}{v}"
+                same = task if main and v == base and SWEEP_ALGORITHM in algs else None
+                c = cfg if v == base else _with(cfg, section, f"{cfg.name}-{tag}{v}", **{field: v})
+                parts.append(PlanPart(name, task, kind, v, c, [SWEEP_ALGORITHM], same))
+    return parts
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+def _text_examples(cfg: Config) -> int | None:
+    """Training windows over all clients (~ (1 - test_fraction) of the clients' word tokens)."""
+    from fedgen.data.ptb import load_ptb
+    from fedgen.tasks.text.data import ptb_documents
+
+    try:
+        ptb = load_ptb(cfg.data.dir, verify=False)
+    except Exception:  # no data here: the plan still prints, without step counts
+        return None
+    _, docs = ptb_documents(cfg, ptb)
+    tokens = sum(len(s) for d in docs for s in d)
+    return int(tokens * (1 - cfg.data.test_fraction) / (cfg.model.context + 1))
+
+
+def _image_examples(cfg: Config) -> int:
+    """Training images over all clients: the pool (CIFAR-10 train minus the public slice) x 0.8."""
+    pool = 50_000 - int(round(cfg.data.public_fraction * 50_000))
+    pool = min(pool, cfg.data.max_examples or pool)
+    return int(pool * (1 - cfg.data.test_fraction))
+
+
+EXAMPLES = {"text": _text_examples, "image": _image_examples}
+
+
+def local_steps(cfg: Config, alg: str, examples: int | None) -> int | None:
+    """Expected optimizer steps of one run (clients of equal size; FedGen-Edge's fine-tuning included)."""
+    if examples is None:
+        return None
+    f, k = cfg.fl, cfg.data.num_clients
+    per_client = math.ceil(examples / k / f.batch_size)  # batches per client epoch
+    m = clients_per_round(f.fraction, k)
+    budget = max(1, int(round(f.rounds * m / k * f.local_epochs)))  # Experiment.budget_epochs
+    spec = algorithm(alg)
+    if spec.mode == "local":
+        return k * budget * per_client
+    if spec.mode == "central":
+        return budget * math.ceil(examples / f.batch_size)
+    steps = f.rounds * m * f.local_epochs * per_client * (2 if alg == "ditto" else 1)  # Ditto: w and v_k
+    if spec.personalized == "finetune" and cfg.personalize.enabled:
+        steps += k * cfg.personalize.epochs * per_client
+    return steps
+
+
+def plan_rows(parts: list[PlanPart], seeds: list[int]) -> list[dict]:
+    """Every run of the plan: part, task, algorithm, seed and its settings (``runs in``: its directory)."""
+    examples = {}
+    rows = []
+    for p in parts:
+        c = p.cfg
+        key = (p.task, c.digest("data", "model", "fl"))
+        if key not in examples:
+            examples[key] = EXAMPLES.get(p.task, lambda cfg: None)(c)
+        for seed in seeds:
+            for alg in p.algorithms:
+                rows.append(
+                    {
+                        "part": p.name,
+                        "task": p.task,
+                        "algorithm": alg,
+                        "seed": seed,
+                        "rounds": c.fl.rounds,
+                        "K": c.data.num_clients,
+                        "C": c.fl.fraction,
+                        "m": clients_per_round(c.fl.fraction, c.data.num_clients),
+                        "E": c.fl.local_epochs,
+                        "batch": c.fl.batch_size,
+                        "r": c.lora.r,
+                        "steps": local_steps(c, alg, examples[key]),
+                        "runs_in": p.dir,
+                        "new": p.same_as is None,
+                    }
+                )
+    return rows
+
+
+def describe(parts: list[PlanPart], seeds: list[int]) -> str:
+    """The run plan as a text table (``fedgen reproduce --dry-run``)."""
+    rows = plan_rows(parts, seeds)
+    cols = ["part", "task", "algorithm", "seed", "rounds", "K", "C", "m", "E", "batch", "r", "steps"]
+    out = [" | ".join(["run", *cols[:-1], "~local steps"])]
+    for i, r in enumerate(rows, 1):
+        cells = [str(r[c]) if r[c] is not None else "n/a (no data)" for c in cols]
+        note = "" if r["new"] else f"  (= main part '{r['runs_in']}', not run again)"
+        out.append(" | ".join([str(i), *cells]) + note)
+    new = [r for r in rows if r["new"]]
+    steps = [r["steps"] for r in new if r["steps"] is not None]
+    out.append(
+        f"{len(new)} runs to do ({len(rows) - len(new)} shared with the main comparison) in "
+        f"{len({r['runs_in'] for r in new})} compare directories; ~{sum(steps):,} local optimizer steps"
+        + ("" if len(steps) == len(new) else " (runs without data not counted)")
+        + ". Steps: clients of equal size, ceil(examples / K / batch) batches per client epoch."
+    )
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def run_suite(
+    parts: list[PlanPart],
+    seeds: list[int],
+    out: str | Path,
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Run every part (resumable), keep ``suite.json`` current, then write the suite report."""
+    from fedgen.compare import compare
+    from fedgen.report.suite import write_suite_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_file = out / "suite.json"
+    old = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    invocations = [*old.get("invocations", []), {"command": command, "seconds": 0.0}]
+    meta = {"command": command, "seeds": seeds, "parts": [p.meta() for p in parts], "status": "running"}
+    t0 = time.time()
+
+    def save(status: str) -> None:
+        invocations[-1]["seconds"] = round(time.time() - t0, 1)
+        meta.update(status=status, invocations=invocations)
+        meta["wall_seconds"] = round(sum(i["seconds"] for i in invocations), 1)
+        meta_file.write_text(json.dumps(meta, indent=2))
+
+    todo = [p for p in parts if p.same_as is None]
+    save("running")
+    for i, p in enumerate(todo, 1):
+        if progress:
+            print(f"[{i}/{len(todo)}] {p.name}: {', '.join(p.algorithms)} x seeds {seeds} -> {out / p.dir}")
+        t = time.time()
+        compare(p.cfg, p.algorithms, seeds, out / p.dir, progress=progress)
+        meta["parts"][parts.index(p)]["wall_seconds"] = round(time.time() - t, 1)
+        save("running")
+    save("finished")
+    return write_suite_report(out)
