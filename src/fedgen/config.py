@@ -9,227 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from fedgen.config_schema import (  # noqa: F401  (re-exported: the config API lives here)
+    AdapterConfig,
+    AlgorithmConfig,
+    Config,
+    DataConfig,
+    EvalConfig,
+    FLConfig,
+    FlowerConfig,
+    ImageConfig,
+    ModelConfig,
+    OutputConfig,
+    PersonalizeConfig,
+    PretrainConfig,
+)
 from fedgen.errors import ConfigError
-
-
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
-    return {"lo": lo, "hi": hi, "lo_open": lo_open}
-
-
-@dataclass
-class DataConfig:
-    """Where the data lives and how it is split across clients."""
-
-    dir: str | None = None  # None -> $FEDGEN_DATA or ./data
-    # text: "lda" (LDA topics + Dirichlet) or "iid"; image: "dirichlet" (labels) or "iid"
-    partition: Literal["lda", "dirichlet", "iid"] = "lda"
-    num_clients: int = field(default=100, metadata=_range(1, 10_000))
-    alpha: float = field(default=0.1, metadata=_range(0.0, None, lo_open=True))
-    num_topics: int = field(default=10, metadata=_range(2, 200))
-    doc_sentences: int = field(default=20, metadata=_range(1, 10_000))
-    test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
-    # The first N pseudo-documents of PTB train are public: no client holds them, and
-    # pretrain.sources may include "ptb-public" to pre-train the backbone on them.
-    public_docs: int = field(default=0, metadata=_range(0, None))
-    # Give clients only the first N of the remaining pseudo-documents (None = all). Quick runs.
-    max_docs: int | None = field(default=None, metadata=_range(1, None))
-    lda_max_iter: int = field(default=20, metadata=_range(1, 1000))
-    # Image task: this fraction of CIFAR-10 train is the public slice the GAN backbone is
-    # pre-trained on; no client holds it. ``max_examples`` caps the clients' pool (quick runs).
-    public_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9, lo_open=True))
-    max_examples: int | None = field(default=None, metadata=_range(1, None))
-
-
-@dataclass
-class ModelConfig:
-    """GPT-2-architecture backbone. ``backbone: auto`` = the one ``fedgen pretrain`` builds."""
-
-    backbone: str = "auto"  # "auto" | local HF checkpoint dir | HF hub id
-    n_layer: int = field(default=6, metadata=_range(1, 48))
-    n_embd: int = field(default=768, metadata=_range(8, 8192))
-    n_head: int = field(default=12, metadata=_range(1, 128))
-    context: int = field(default=128, metadata=_range(8, 4096))
-    dropout: float = field(default=0.1, metadata=_range(0.0, 0.9))
-
-
-@dataclass
-class AdapterConfig:
-    """LoRA adapters. ``targets``: the modules that get one (null = the task's default: the
-    attention query and value projections for text, every generator convolution for images)."""
-
-    r: int = field(default=8, metadata=_range(1, 256))
-    alpha: float = field(default=16.0, metadata=_range(0.0, None, lo_open=True))
-    dropout: float = field(default=0.0, metadata=_range(0.0, 0.9))
-    targets: list[str] | None = None
-
-
-@dataclass
-class ImageConfig:
-    """Image task: conditional DCGAN backbone, its training and the image metrics."""
-
-    backbone: str = "auto"  # "auto" (pre-trained by ``fedgen pretrain``) | directory of a saved GAN
-    nz: int = field(default=100, metadata=_range(1, 4096))
-    ngf: int = field(default=100, metadata=_range(1, 4096))
-    ndf: int = field(default=100, metadata=_range(1, 4096))
-    embed_dim: int = field(default=10, metadata=_range(1, 4096))
-    beta1: float = field(default=0.5, metadata=_range(0.0, 1.0))  # Adam beta1 (DCGAN: 0.5)
-    d_lr: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))  # null = fl.lr
-    eval_samples: int = field(default=1000, metadata=_range(10, None))  # per-round FD-classifier
-    local_samples: int = field(default=100, metadata=_range(10, None))  # per client, local FD-classifier
-    fid_samples: int = field(default=10000, metadata=_range(10, None))  # final Inception FID / KID
-    fid_reference: int = field(default=10000, metadata=_range(10, 10000))  # CIFAR-10 test images
-    kid_subset: int = field(default=1000, metadata=_range(2, None))
-    classifier_epochs: int = field(default=8, metadata=_range(1, 200))
-    # Train the evaluation classifier on the first N train images only (None = all 50,000). Tests.
-    classifier_train_examples: int | None = field(default=None, metadata=_range(100, None))
-    grid_clients: int = field(default=2, metadata=_range(0, 100))  # personalized sample grids
-
-
-@dataclass
-class PretrainConfig:
-    """Central pre-training of the backbone on public text that no client holds."""
-
-    sources: list[str] = field(
-        default_factory=lambda: ["gutenberg", "us-presidential-addresses", "wikitext-2-valid-test"]
-    )
-    steps: int = field(default=2000, metadata=_range(1, None))
-    batch_size: int = field(default=32, metadata=_range(1, 4096))
-    lr: float = field(default=1e-3, metadata=_range(0.0, 1.0, lo_open=True))
-    weight_decay: float = field(default=0.01, metadata=_range(0.0, 1.0))
-    warmup_steps: int = field(default=100, metadata=_range(0, None))
-    # Own seed, so experiments with different seeds share one backbone.
-    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
-
-
-@dataclass
-class FLConfig:
-    """Federation (Algorithm 1): rounds, client sampling and local training."""
-
-    rounds: int = field(default=500, metadata=_range(1, None))
-    fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
-    local_epochs: int = field(default=5, metadata=_range(1, 1000))
-    batch_size: int = field(default=32, metadata=_range(1, 4096))
-    lr: float = field(default=5e-4, metadata=_range(0.0, 1.0, lo_open=True))
-    weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    max_grad_norm: float | None = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
-    # A round aggregates only with at least this many valid updates; otherwise it is skipped
-    # (global model unchanged). This many skipped rounds in a row stop the run (resumable).
-    min_clients: int = field(default=1, metadata=_range(1, None))
-    max_skipped_rounds: int = field(default=3, metadata=_range(1, None))
-
-
-@dataclass
-class AlgorithmConfig:
-    """Which algorithm runs (FedGen-Edge or a baseline) and the baselines' own knobs."""
-
-    name: str = "fedgen"  # a registered algorithm (fedgen.registry)
-    # Ditto's lambda (Li et al. 2021 tune it over {0.05, ..., 2}; 1.0 sits in that range, untuned).
-    ditto_lambda: float = field(default=1.0, metadata=_range(0.0, None))
-    # FedPer: the last N transformer blocks (+ final LayerNorm) are personal.
-    fedper_personal_blocks: int = field(default=1, metadata=_range(1, 48))
-    # Learning rate of the algorithms that train the full model (null = fl.lr).
-    lr_full: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))
-
-
-@dataclass
-class EvalConfig:
-    """How often and on what the global adapter is evaluated."""
-
-    every: int = field(default=1, metadata=_range(1, None))  # rounds between PTB valid/test evals
-    local_every: int = field(default=5, metadata=_range(1, None))  # rounds between client-test evals
-    batch_size: int = field(default=64, metadata=_range(1, 4096))
-    # Evaluate PTB valid/test on their first sentences holding this many words (None = all). Quick runs.
-    max_tokens: int | None = field(default=None, metadata=_range(1, None))
-    # Perplexity windows advance by this many tokens (<= model.context / 2; None = context / 2).
-    stride: int | None = field(default=None, metadata=_range(1, None))
-
-
-@dataclass
-class PersonalizeConfig:
-    """Per-client fine-tuning of the final global adapter (FedGen-Edge's last step)."""
-
-    enabled: bool = True  # false: no fine-tuning step (algorithms that keep personal models still do)
-    epochs: int = field(default=1, metadata=_range(1, 1000))  # the paper's recipe: one more epoch
-    # The validated recipe: learning rate (fl.lr x multiplier) and epochs (1..max_epochs) chosen on a
-    # validation split carved from each client's own train split; a client keeps the global adapter
-    # when no candidate beats it there.
-    validation_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
-    lr_multipliers: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1])
-    max_epochs: int = field(default=2, metadata=_range(1, 100))
-
-
-@dataclass
-class OutputConfig:
-    root: str = "runs"
-    keep_checkpoints: int = field(default=3, metadata=_range(1, None))
-
-
-@dataclass
-class FlowerConfig:
-    """Flower runtimes (``runtime: flower-sim | flower-deploy``; see ``fedgen deploy --help``)."""
-
-    # flower-deploy: a SuperLink connection of $FLWR_HOME/config.toml (null: its default one)
-    superlink: str | None = None
-    round_timeout: float = field(default=600.0, metadata=_range(0.0, None, lo_open=True))  # s per round
-    wait_nodes: float = field(default=120.0, metadata=_range(0.0, None))  # s to wait for SuperNodes
-    client_cpus: float = field(
-        default=1.0, metadata=_range(0.0, None, lo_open=True)
-    )  # flower-sim, per client
-
-
-@dataclass
-class Config:
-    """A complete FedGen-Edge experiment (``task``: a registered task: text on PTB, image on CIFAR-10)."""
-
-    name: str = "experiment"
-    task: str = "text"
-    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present (bf16 autocast), else CPU
-    threads: int | None = field(default=None, metadata=_range(1, 1024))
-    # Where federated rounds run: in this process, Flower's Simulation Engine, or a Flower deployment.
-    runtime: Literal["in-process", "flower-sim", "flower-deploy"] = "in-process"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: AdapterConfig = field(default_factory=AdapterConfig)
-    image: ImageConfig = field(default_factory=ImageConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    fl: FLConfig = field(default_factory=FLConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    flower: FlowerConfig = field(default_factory=FlowerConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def result_digest(self) -> str:
-        """Short hash of every setting that can change a run's results: all but the experiment's
-        name, its thread count, the runtime (runtimes give equal results), where the data is
-        read from and where outputs go."""
-        d = self.to_dict()
-        for key in ("name", "threads", "output", "runtime", "flower"):
-            d.pop(key)
-        d["data"].pop("dir")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-    def digest(self, *sections: str) -> str:
-        """Short stable hash of the given sections (all when none), for cache keys."""
-        d = self.to_dict()
-        d = {k: d[k] for k in sections} if sections else d
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
 
 # ---------------------------------------------------------------------------- validation
 
