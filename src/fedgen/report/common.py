@@ -68,3 +68,30 @@ def plot_convergence(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def personalization_section(pers: dict | None, what: str, figure: str) -> list[str]:
+    """report.md lines: the per-client figure's distribution for the global model and each recipe."""
+    if not pers:
+        return []
+    lines = [
+        f"## Personalization ({what})",
+        "",
+        "| model | mean | median | p10 | p90 |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "personalized": "personalized (validated recipe)",
+        "paper_recipe": "personalized (paper's recipe)",
+    }
+    for key in ("global", "personalized", "paper_recipe"):
+        if key in pers:
+            cells = " | ".join(f"{pers[key][q]:.2f}" for q in ("mean", "median", "p10", "p90"))
+            lines.append(f"| {names.get(key, key)} | {cells} |")
+    if "improved_fraction" in pers:
+        lines += ["", f"Personalization lowered {figure} for {pers['improved_fraction']:.0%} of clients."]
+    if "kept_global_fraction" in pers:
+        lines += [
+            f"The validated recipe kept the global model for {pers['kept_global_fraction']:.0%} of clients."
+        ]
+    return [*lines, ""]

@@ -102,21 +102,7 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
         "fedgen on the train split.",
         "",
     ]
-    if pers:
-        parts += [
-            f"## Personalization ({FD_CLASSIFIER_LABEL} per client, lower is better)",
-            "",
-            "| model | mean | median | p10 | p90 |",
-            "|---|---|---|---|---|",
-        ]
-        for key in ("global", "personalized", "paper_recipe"):
-            if key in pers:
-                d = pers[key]
-                parts.append(
-                    f"| {key} | {d['mean']:.2f} | {d['median']:.2f} | {d['p10']:.2f} | {d['p90']:.2f} |"
-                )
-        if "improved_fraction" in pers:
-            parts += ["", f"Personalization lowered it for {pers['improved_fraction']:.0%} of clients.", ""]
+    parts += common.personalization_section(pers, f"{FD_CLASSIFIER_LABEL} per client, lower is better", "it")
     if plot:
         parts += ["## Convergence", "", f"![convergence]({plot.name})", ""]
     grids = summary.get("grids") or {}

@@ -75,20 +75,7 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
             "(not OpenAI's GPT-2 weights); see the backbone's fedgen_backbone.json.",
             "",
         ]
-    if pers:
-        parts += [
-            "## Personalization (local test PPL per client)",
-            "",
-            "| adapter | mean | median | p10 | p90 |",
-            "|---|---|---|---|---|",
-        ]
-        for key in ("global", "personalized", "paper_recipe"):
-            if key not in pers:
-                continue
-            d = pers[key]
-            parts.append(f"| {key} | {d['mean']:.2f} | {d['median']:.2f} | {d['p10']:.2f} | {d['p90']:.2f} |")
-        if "improved_fraction" in pers:
-            parts += ["", f"Personalization lowered PPL for {pers['improved_fraction']:.0%} of clients.", ""]
+    parts += common.personalization_section(pers, "local test PPL per client", "PPL")
     if plot:
         parts += ["## Convergence", "", f"![convergence]({plot.name})", ""]
     samples_file = run_dir / "samples.json"
