@@ -127,6 +127,13 @@ class FLConfig:
     # (global model unchanged). This many skipped rounds in a row stop the run (resumable).
     min_clients: int = field(default=1, metadata=_range(1, None))
     max_skipped_rounds: int = field(default=3, metadata=_range(1, None))
+    # How accepted updates become the global state: n_k-weighted mean (FedAvg), or the robust,
+    # unweighted coordinate-wise median / trimmed mean (drop the trim_beta share of largest and of
+    # smallest values per coordinate). clip_norm: each accepted update's change from the global
+    # state is scaled down to this L2 norm (all tensors together) before aggregating (null = none).
+    aggregator: Literal["fedavg", "median", "trimmed-mean"] = "fedavg"
+    trim_beta: float = field(default=0.1, metadata=_range(0.0, 0.49))
+    clip_norm: float | None = field(default=None, metadata=_range(0.0, None, lo_open=True))
 
 
 @dataclass
@@ -222,6 +229,10 @@ class Config:
         for key in ("name", "threads", "output", "runtime", "flower"):
             d.pop(key)
         d["data"].pop("dir")
+        for key, default in _DIGEST_NEUTRAL_DEFAULTS.items():  # newer keys at their defaults: old keys hold
+            section, _, name = key.partition(".")
+            if d[section].get(name, object()) == default:
+                d[section].pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def digest(self, *sections: str) -> str:
@@ -229,6 +240,11 @@ class Config:
         d = self.to_dict()
         d = {k: d[k] for k in sections} if sections else d
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Settings added after runs were keyed by result_digest: at these values they change nothing, so
+# they are left out of the digest and earlier runs keep their key.
+_DIGEST_NEUTRAL_DEFAULTS = {"fl.aggregator": "fedavg", "fl.trim_beta": 0.1, "fl.clip_norm": None}
 
 
 # ---------------------------------------------------------------------------- validation

@@ -133,7 +133,12 @@ def run_federated(
         start_round=resume.round + 1,
         on_round_end=on_round_end,
         policy=RoundPolicy(
-            f.min_clients, f.max_skipped_rounds, {k: len(d.train) for k, d in exp.data.items()}
+            f.min_clients,
+            f.max_skipped_rounds,
+            {k: len(d.train) for k, d in exp.data.items()},
+            f.aggregator,
+            f.trim_beta,
+            f.clip_norm,
         ),
     )
     bar.close()
