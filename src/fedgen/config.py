@@ -196,6 +196,42 @@ class FlowerConfig:
 
 
 @dataclass
+class DeviceTier:
+    """A class of devices: its share of the clients, compute speed relative to the machine the
+    base step time is measured on (or ``devices.step_seconds``), and link speed (up = down)."""
+
+    share: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+    speed: float = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
+    bandwidth_mbps: float = field(default=10.0, metadata=_range(0.0, None, lo_open=True))
+
+
+def _default_tiers() -> list[DeviceTier]:
+    # Illustrative phone-like mix: half fast on Wi-Fi, 30% mid-range on LTE, 20% slow on 3G.
+    return [DeviceTier(0.5, 1.0, 20.0), DeviceTier(0.3, 0.5, 5.0), DeviceTier(0.2, 0.25, 1.0)]
+
+
+@dataclass
+class DevicesConfig:
+    """Simulated system heterogeneity (``runtime/heterogeneous.py``), off unless ``enabled``.
+
+    Each client belongs to one tier for the whole run (drawn by ``share``). Each round a sampled
+    client never answers with probability ``dropout``; with ``deadline_s`` a client whose
+    download + local steps + upload would take longer is a straggler: ``drop`` discards it,
+    ``partial`` uses the local steps that fit before the deadline. ``over_select`` samples
+    ceil(m / (1 - dropout)) clients so that m answers are expected. ``step_seconds``: seconds per
+    local step on a speed-1 device (null: measured on this machine each round; then no deadline).
+    """
+
+    enabled: bool = False
+    tiers: list[DeviceTier] = field(default_factory=_default_tiers)
+    dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))
+    deadline_s: float | None = field(default=None, metadata=_range(0.0, None, lo_open=True))
+    over_select: bool = False
+    stragglers: Literal["drop", "partial"] = "drop"
+    step_seconds: float | None = field(default=None, metadata=_range(0.0, None, lo_open=True))
+
+
+@dataclass
 class Config:
     """A complete FedGen-Edge experiment (``task``: a registered task: text on PTB, image on CIFAR-10)."""
 
@@ -217,6 +253,7 @@ class Config:
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -229,6 +266,8 @@ class Config:
         for key in ("name", "threads", "output", "runtime", "flower"):
             d.pop(key)
         d["data"].pop("dir")
+        if not d["devices"]["enabled"]:
+            d.pop("devices")
         for key, default in _DIGEST_NEUTRAL_DEFAULTS.items():  # newer keys at their defaults: old keys hold
             section, _, name = key.partition(".")
             if d[section].get(name, object()) == default:
@@ -280,6 +319,8 @@ class _NotFinite(ConfigError):
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):  # an item of a list of sections, e.g. devices.tiers[0]
+        return _build(tp, value, key + ".")
     origin = typing.get_origin(tp)
     bad = ConfigError(f"config {key}: expected {_describe(tp)}, got {_show(value)}")
     if origin is Literal:
@@ -378,6 +419,19 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(
             f"config fl.min_clients: {cfg.fl.min_clients} is more than the {m} clients sampled per round"
         )
+    dev = cfg.devices
+    if dev.enabled:
+        if not dev.tiers:
+            raise ConfigError("config devices.tiers: give at least one tier")
+        if abs(sum(t.share for t in dev.tiers) - 1.0) > 1e-6:
+            raise ConfigError("config devices.tiers: the shares must sum to 1")
+        if dev.deadline_s is not None and dev.step_seconds is None:
+            raise ConfigError(
+                "config devices.step_seconds: a deadline needs a fixed step time "
+                "(measured times would make the run depend on the machine)"
+            )
+        if dev.stragglers == "partial" and cfg.runtime != "in-process":
+            raise ConfigError("config devices.stragglers: partial work needs runtime: in-process")
     task_class(cfg.task).check_config(cfg)
 
 
