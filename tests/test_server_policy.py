@@ -153,3 +153,24 @@ def test_the_robust_aggregator_is_chosen_by_the_config(tmp_path):
     for bad in ({"aggregator": "krum"}, {"trim_beta": 0.5}, {"clip_norm": 0}):
         with pytest.raises(ConfigError, match="config fl."):
             config_from_dict({"fl": bad})
+
+
+def test_upload_bytes_are_the_serialized_size_of_each_received_update():
+    """Not len(serialize(global)) x m: a dropped client adds nothing, an oversized (rejected) one
+    adds its real size, and the download is the global state to every sampled client."""
+    from fedgen.fl.comm import serialize
+
+    sampled = sample_clients(8, 0.5, 0, 1)
+    big = {"a.lora_A.weight": torch.zeros(2, 40), "a.lora_B.weight": torch.zeros(4, 2)}
+
+    def tamper(k, r):
+        if k == sampled[0]:
+            return []  # never answered
+        if k == sampled[1]:
+            r.state = dict(big)  # wrong shape: rejected, but its bytes did arrive
+        return r
+
+    _, [(rec, _)] = run(tamper)
+    g = len(serialize(STATE))
+    assert rec.received == 3 and rec.upload_bytes == 2 * g + len(serialize(big))
+    assert rec.upload_bytes != g * len(sampled) and rec.download_bytes == g * len(sampled)
