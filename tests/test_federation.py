@@ -85,10 +85,10 @@ def test_upload_accounting_counts_the_serialized_bytes_of_every_update(finished)
     state = read_adapter(run / "global")
     per_update = len(serialize(state))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
-    for r in rows:
-        assert r["upload_bytes"] == per_update * len(r["clients"])
-        assert r["download_bytes"] == per_update * len(r["clients"])
-        assert r["upload_bytes_formula"] == s["adapter_params"] * 4 * len(r["clients"])
+    for r in rows:  # up: updates received; down: the global state to every sampled client
+        assert r["upload_bytes"] == per_update * r["received"]
+        assert r["download_bytes"] == per_update * len(r["sampled"])
+        assert r["upload_bytes_formula"] == s["adapter_params"] * 4 * r["received"]
     assert s["upload_bytes_total"] == sum(r["upload_bytes"] for r in rows)
     assert s["bytes_per_upload"] == per_update
     # safetensors adds only a small header to the raw fp32 payload
@@ -131,7 +131,7 @@ def test_resume_after_a_kill_gives_bit_identical_adapters(finished, workdir, dat
 
 def test_a_different_seed_gives_different_adapters(finished, workdir, data_root):
     full, _ = finished
-    raw = tiny_raw(workdir, data_root, rounds=1)
+    raw = tiny_raw(workdir, data_root, rounds=3)  # the same round as `finished`'s last checkpoint
     raw["seed"] = 1
     raw["personalize"] = {"enabled": False}
     run_experiment(config_from_dict(raw), workdir / "seed1", progress=False)

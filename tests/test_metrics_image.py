@@ -259,7 +259,10 @@ def test_classifier_features_and_predictions_accept_both_image_formats(tmp_path)
     assert pred.shape == (32,) and pred.dtype == np.int64 and ((pred >= 0) & (pred < 10)).all()
     as_float = torch.from_numpy(test_x).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     np.testing.assert_allclose(clf.features(as_float), feats, rtol=1e-5, atol=1e-5)
-    assert clf.accuracy(test_x, pred) == 1.0
+    # accuracy is scored against given labels: the model's own predictions score 1, shifted ones 0,
+    # and the true labels the share that agrees with them (not a tautology for a broken accuracy)
+    assert clf.accuracy(test_x, pred) == 1.0 and clf.accuracy(test_x, (pred + 1) % 10) == 0.0
+    assert clf.accuracy(test_x, test_y) == pytest.approx(float(np.mean(pred == test_y)))
 
 
 def test_classifier_rejects_malformed_training_data(tmp_path):

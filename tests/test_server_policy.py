@@ -115,3 +115,62 @@ def test_too_many_skipped_rounds_in_a_row_stop_the_run_after_checkpointing():
             policy=RoundPolicy(max_skipped_rounds=2),
         )
     assert records == [1, 2]  # each skipped round was still recorded (and checkpointed) before stopping
+
+
+def _scaled_attack(k, r):
+    """The lowest sampled client sends its state x1e6: finite, right shape, passes screening."""
+    if k == sample_clients(8, 0.5, 0, 1)[0]:
+        r.state = {name: t * 1e6 for name, t in r.state.items()}
+    return r
+
+
+@pytest.mark.parametrize("aggregator", ["median", "trimmed-mean"])
+def test_a_scaled_update_barely_moves_the_robust_aggregates(aggregator):
+    honest_k = [k for k in sample_clients(8, 0.5, 0, 1)][1:]  # the three honest clients: state = k
+    fed, _ = run(_scaled_attack)
+    robust, [(rec, _)] = run(_scaled_attack, aggregator=aggregator, trim_beta=0.25)
+    assert not rec.skipped and len(rec.clients) == 4  # accepted: nothing in screening catches it
+    assert fed["a.lora_A.weight"].abs().max() > 1e4  # FedAvg is dragged away
+    # the robust global stays within the honest clients' range
+    assert (
+        min(honest_k) <= robust["a.lora_A.weight"].min() <= robust["a.lora_A.weight"].max() <= max(honest_k)
+    )
+
+
+def test_update_norm_clipping_bounds_the_step_of_the_global_state():
+    out, _ = run(_scaled_attack, clip_norm=0.5)
+    step = torch.sqrt(sum(((out[k] - STATE[k]) ** 2).sum() for k in STATE))
+    assert 0 < step <= 0.5 + 1e-6  # each clipped delta has norm <= 0.5, so their mean does too
+    unclipped, _ = run(_scaled_attack)
+    assert torch.sqrt(sum(((unclipped[k] - STATE[k]) ** 2).sum() for k in STATE)) > 1e4
+
+
+def test_the_robust_aggregator_is_chosen_by_the_config(tmp_path):
+    from fedgen.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict({"fl": {"aggregator": "trimmed-mean", "trim_beta": 0.2, "clip_norm": 1.5}})
+    assert (cfg.fl.aggregator, cfg.fl.trim_beta, cfg.fl.clip_norm) == ("trimmed-mean", 0.2, 1.5)
+    for bad in ({"aggregator": "krum"}, {"trim_beta": 0.5}, {"clip_norm": 0}):
+        with pytest.raises(ConfigError, match="config fl."):
+            config_from_dict({"fl": bad})
+
+
+def test_upload_bytes_are_the_serialized_size_of_each_received_update():
+    """Not len(serialize(global)) x m: a dropped client adds nothing, an oversized (rejected) one
+    adds its real size, and the download is the global state to every sampled client."""
+    from fedgen.fl.comm import serialize
+
+    sampled = sample_clients(8, 0.5, 0, 1)
+    big = {"a.lora_A.weight": torch.zeros(2, 40), "a.lora_B.weight": torch.zeros(4, 2)}
+
+    def tamper(k, r):
+        if k == sampled[0]:
+            return []  # never answered
+        if k == sampled[1]:
+            r.state = dict(big)  # wrong shape: rejected, but its bytes did arrive
+        return r
+
+    _, [(rec, _)] = run(tamper)
+    g = len(serialize(STATE))
+    assert rec.received == 3 and rec.upload_bytes == 2 * g + len(serialize(big))
+    assert rec.upload_bytes != g * len(sampled) and rec.download_bytes == g * len(sampled)

@@ -22,6 +22,8 @@ from fedgen.config_schema import (  # noqa: F401  (re-exported: the config API l
     AlgorithmConfig,
     Config,
     DataConfig,
+    DevicesConfig,
+    DeviceTier,
     EvalConfig,
     FLConfig,
     FlowerConfig,
@@ -66,6 +68,8 @@ class _NotFinite(ConfigError):
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):  # an item of a list of sections, e.g. devices.tiers[0]
+        return _build(tp, value, key + ".")
     origin = typing.get_origin(tp)
     bad = ConfigError(f"config {key}: expected {_describe(tp)}, got {_show(value)}")
     if origin is Literal:
@@ -164,6 +168,19 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(
             f"config fl.min_clients: {cfg.fl.min_clients} is more than the {m} clients sampled per round"
         )
+    dev = cfg.devices
+    if dev.enabled:
+        if not dev.tiers:
+            raise ConfigError("config devices.tiers: give at least one tier")
+        if abs(sum(t.share for t in dev.tiers) - 1.0) > 1e-6:
+            raise ConfigError("config devices.tiers: the shares must sum to 1")
+        if dev.deadline_s is not None and dev.step_seconds is None:
+            raise ConfigError(
+                "config devices.step_seconds: a deadline needs a fixed step time "
+                "(measured times would make the run depend on the machine)"
+            )
+        if dev.stragglers == "partial" and cfg.runtime != "in-process":
+            raise ConfigError("config devices.stragglers: partial work needs runtime: in-process")
     task_class(cfg.task).check_config(cfg)
 
 

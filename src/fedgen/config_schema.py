@@ -114,6 +114,13 @@ class FLConfig:
     # (global model unchanged). This many skipped rounds in a row stop the run (resumable).
     min_clients: int = field(default=1, metadata=_range(1, None))
     max_skipped_rounds: int = field(default=3, metadata=_range(1, None))
+    # How accepted updates become the global state: n_k-weighted mean (FedAvg), or the robust,
+    # unweighted coordinate-wise median / trimmed mean (drop the trim_beta share of largest and of
+    # smallest values per coordinate). clip_norm: each accepted update's change from the global
+    # state is scaled down to this L2 norm (all tensors together) before aggregating (null = none).
+    aggregator: Literal["fedavg", "median", "trimmed-mean"] = "fedavg"
+    trim_beta: float = field(default=0.1, metadata=_range(0.0, 0.49))
+    clip_norm: float | None = field(default=None, metadata=_range(0.0, None, lo_open=True))
 
 
 @dataclass
@@ -176,6 +183,42 @@ class FlowerConfig:
 
 
 @dataclass
+class DeviceTier:
+    """A class of devices: its share of the clients, compute speed relative to the machine the
+    base step time is measured on (or ``devices.step_seconds``), and link speed (up = down)."""
+
+    share: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+    speed: float = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
+    bandwidth_mbps: float = field(default=10.0, metadata=_range(0.0, None, lo_open=True))
+
+
+def _default_tiers() -> list[DeviceTier]:
+    # Illustrative phone-like mix: half fast on Wi-Fi, 30% mid-range on LTE, 20% slow on 3G.
+    return [DeviceTier(0.5, 1.0, 20.0), DeviceTier(0.3, 0.5, 5.0), DeviceTier(0.2, 0.25, 1.0)]
+
+
+@dataclass
+class DevicesConfig:
+    """Simulated system heterogeneity (``runtime/heterogeneous.py``), off unless ``enabled``.
+
+    Each client belongs to one tier for the whole run (drawn by ``share``). Each round a sampled
+    client never answers with probability ``dropout``; with ``deadline_s`` a client whose
+    download + local steps + upload would take longer is a straggler: ``drop`` discards it,
+    ``partial`` uses the local steps that fit before the deadline. ``over_select`` samples
+    ceil(m / (1 - dropout)) clients so that m answers are expected. ``step_seconds``: seconds per
+    local step on a speed-1 device (null: measured on this machine each round; then no deadline).
+    """
+
+    enabled: bool = False
+    tiers: list[DeviceTier] = field(default_factory=_default_tiers)
+    dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))
+    deadline_s: float | None = field(default=None, metadata=_range(0.0, None, lo_open=True))
+    over_select: bool = False
+    stragglers: Literal["drop", "partial"] = "drop"
+    step_seconds: float | None = field(default=None, metadata=_range(0.0, None, lo_open=True))
+
+
+@dataclass
 class Config:
     """A complete FedGen-Edge experiment (``task``: a registered task: text on PTB, image on CIFAR-10)."""
 
@@ -197,6 +240,7 @@ class Config:
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,6 +253,12 @@ class Config:
         for key in ("name", "threads", "output", "runtime", "flower"):
             d.pop(key)
         d["data"].pop("dir")
+        if not d["devices"]["enabled"]:
+            d.pop("devices")
+        for key, default in _DIGEST_NEUTRAL_DEFAULTS.items():  # newer keys at their defaults: old keys hold
+            section, _, name = key.partition(".")
+            if d[section].get(name, object()) == default:
+                d[section].pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def digest(self, *sections: str) -> str:
@@ -216,3 +266,8 @@ class Config:
         d = self.to_dict()
         d = {k: d[k] for k in sections} if sections else d
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Settings added after runs were keyed by result_digest: at these values they change nothing, so
+# they are left out of the digest and earlier runs keep their key.
+_DIGEST_NEUTRAL_DEFAULTS = {"fl.aggregator": "fedavg", "fl.trim_beta": 0.1, "fl.clip_norm": None}

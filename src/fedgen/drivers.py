@@ -27,6 +27,7 @@ from fedgen.fl.comm import formula_bytes, num_params
 from fedgen.fl.server import RoundPolicy, RoundRecord, Runtime, federate
 from fedgen.models.params import State
 from fedgen.rundir import Resume, RunDir, write_state
+from fedgen.runtime.heterogeneous import HeterogeneousRuntime, over_selected_fraction
 from fedgen.runtime.simulate import InProcessRuntime
 
 log = logging.getLogger("fedgen")
@@ -86,6 +87,12 @@ def run_federated(
         runtime: Runtime = InProcessRuntime(logic, exp.data, cfg.seed, progress=cbar)
     else:
         runtime = make_runtime(exp, logic)
+    fraction = f.fraction
+    if cfg.devices.enabled:  # simulated device tiers, dropouts, deadline (runtime/heterogeneous.py)
+        steps = {k: f.local_epochs * math.ceil(len(d.train) / f.batch_size) for k, d in exp.data.items()}
+        runtime = HeterogeneousRuntime(runtime, cfg.devices, cfg.seed, steps)
+        if cfg.devices.over_select:
+            fraction = over_selected_fraction(f.fraction, cfg.data.num_clients, cfg.devices.dropout)
 
     def on_round_end(rec: RoundRecord, new_state: State) -> None:
         counters["upload_bytes_total"] += rec.upload_bytes
@@ -128,12 +135,17 @@ def run_federated(
         state,
         num_clients=cfg.data.num_clients,
         rounds=last_round,
-        fraction=f.fraction,
+        fraction=fraction,
         seed=cfg.seed,
         start_round=resume.round + 1,
         on_round_end=on_round_end,
         policy=RoundPolicy(
-            f.min_clients, f.max_skipped_rounds, {k: len(d.train) for k, d in exp.data.items()}
+            f.min_clients,
+            f.max_skipped_rounds,
+            {k: len(d.train) for k, d in exp.data.items()},
+            f.aggregator,
+            f.trim_beta,
+            f.clip_norm,
         ),
     )
     bar.close()

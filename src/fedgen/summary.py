@@ -29,6 +29,7 @@ SUMMARY_FIELDS = {
     "download_bytes_total": "sum over rounds of serialized global state bytes x clients sampled",
     "upload_bytes_formula_total": "formula 3.5/3.6: uploads x upload_params x 4 bytes",
     "bytes_per_upload": "serialized bytes of one client update (null without communication)",
+    "simulated_seconds_total": "sum of simulated_round_seconds (devices.enabled; else null)",
     "rounds_skipped": "rounds with fewer than fl.min_clients valid updates (global model unchanged)",
     "updates_rejected": "client updates the server refused, by reason: {reason: count}",
     "wall_seconds": "wall time of the run (resumed parts added up)",
@@ -103,6 +104,7 @@ def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) ->
         "download_bytes_total": last["download_bytes_cum"] if rounds else 0,
         "upload_bytes_formula_total": formula_bytes(upload_params) * n_up,
         "bytes_per_upload": clean[-1]["upload_bytes"] // _received(clean[-1]) if clean else None,
+        "simulated_seconds_total": _simulated_total(metrics),
         "rounds_skipped": sum(1 for m in metrics if m.get("skipped")),
         "updates_rejected": _by_reason(rejected),
         **quality,
@@ -131,3 +133,9 @@ def _by_reason(reasons: list[str]) -> dict[str, int]:
 def _received(row: dict) -> int:
     """Updates that arrived in a round (older metrics rows: the aggregated clients)."""
     return row.get("received", len(row["clients"]))
+
+
+def _simulated_total(metrics: list[dict]) -> float | None:
+    """Sum of the rounds' simulated wall-clock (``devices.enabled``), else None."""
+    times = [m["simulated_round_seconds"] for m in metrics if "simulated_round_seconds" in m]
+    return round(sum(times), 6) if times else None

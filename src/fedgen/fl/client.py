@@ -7,7 +7,8 @@ Nothing here knows how messages travel: the in-process simulator calls
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ class LocalTrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
+    max_steps: int | None = None  # stop after this many optimiser steps (a straggler's partial work)
 
 
 @dataclass
@@ -67,7 +69,8 @@ def local_train(
     ``extra_loss`` (e.g. a proximal term) is added to the task loss at each step;
     ``before_step(batch)`` runs before each step (the GAN task's discriminator step);
     ``after_epoch(epoch)`` after each epoch (1-based), e.g. to score a validation split.
-    Returns the mean loss of the last epoch and the number of optimiser steps.
+    With ``cfg.max_steps`` training stops after that many steps, mid-epoch if need be (the loss
+    is then the mean over the last, partial epoch). Returns that loss and the number of steps.
     """
     torch.manual_seed(seed)  # dropout masks, GAN noise
     g = torch.Generator().manual_seed(seed)
@@ -77,7 +80,11 @@ def local_train(
     steps, last_epoch_loss = 0, float("nan")
     for epoch in range(cfg.epochs):
         total, count = 0.0, 0
+        if cfg.max_steps is not None and steps >= cfg.max_steps:
+            break
         for batch in task.batches(examples, cfg.batch_size, g):
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                break
             if before_step is not None:
                 before_step(batch)
             with autocast(device):
@@ -104,6 +111,16 @@ class Client:
     def __init__(self, task, params: ParamSet, train_cfg: LocalTrainConfig):
         self.task, self.params, self.train_cfg = task, params, train_cfg
         self.model = params.model
+        self.step_limit: int | None = None  # set by limit_steps: every fit stops after this many steps
+
+    @contextmanager
+    def limit_steps(self, max_steps: int | None) -> Iterator[None]:
+        """Within the block every :meth:`fit` trains at most ``max_steps`` steps (None: no limit)."""
+        old, self.step_limit = self.step_limit, max_steps
+        try:
+            yield
+        finally:
+            self.step_limit = old
 
     def fit(
         self,
@@ -121,7 +138,8 @@ class Client:
         ``epochs`` / ``lr`` override the client's defaults; ``after_epoch`` see :func:`local_train`.
         """
         self.params.load(state)
-        overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+        pairs = (("epochs", epochs), ("lr", lr), ("max_steps", self.step_limit))
+        overrides = {k: v for k, v in pairs if v is not None}
         cfg = LocalTrainConfig(**{**vars(self.train_cfg), **overrides}) if overrides else self.train_cfg
         extra = None
         if prox is not None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from fedgen.errors import FedgenError, UpdateError
-from fedgen.fl.aggregate import fedavg, validate_update
+from fedgen.fl.aggregate import clip_update_norm, coordinate_median, fedavg, trimmed_mean, validate_update
 from fedgen.fl.client import FitResult, derive_seed
 from fedgen.fl.comm import serialize
 from fedgen.models.params import State
@@ -37,11 +37,36 @@ class RoundPolicy:
     """What the server accepts. A round aggregates only if at least ``min_clients`` valid updates
     arrive; otherwise it is skipped (global state untouched). ``max_skipped_rounds`` consecutive
     skipped rounds stop the run. ``client_sizes`` (client -> training examples), where the server
-    knows them, bound each client's reported n_k."""
+    knows them, bound each client's reported n_k. ``aggregator``, ``trim_beta`` and ``clip_norm``
+    choose how the accepted updates are combined (:func:`aggregate`)."""
 
     min_clients: int = 1
     max_skipped_rounds: int = 3
     client_sizes: Mapping[int, int] | None = None
+    aggregator: str = "fedavg"  # "fedavg" | "median" | "trimmed-mean"
+    trim_beta: float = 0.1
+    clip_norm: float | None = None
+
+
+def aggregate(
+    states: Sequence[State], weights: Sequence[float], policy: RoundPolicy, reference: State
+) -> State:
+    """The new global state from the accepted (screened) updates, as ``policy`` says.
+
+    With ``clip_norm`` each update's change from ``reference`` (the global state the clients
+    started from) is first bounded in L2 norm (:func:`~fedgen.fl.aggregate.clip_update_norm`);
+    then ``fedavg`` weights by n_k, while ``median`` and ``trimmed-mean`` are unweighted
+    (coordinate-wise), like Flower's FedMedian / FedTrimmedAvg. Pure: modifies nothing.
+    """
+    if policy.clip_norm is not None:
+        states = [clip_update_norm(s, reference, policy.clip_norm) for s in states]
+    if policy.aggregator == "fedavg":
+        return fedavg(states, weights)
+    if policy.aggregator == "median":
+        return coordinate_median(states)
+    if policy.aggregator == "trimmed-mean":
+        return trimmed_mean(states, policy.trim_beta)
+    raise ValueError(f"unknown aggregator {policy.aggregator!r}")
 
 
 @dataclass
@@ -159,7 +184,7 @@ def federate(
                 policy.min_clients,
             )
         else:
-            state = fedavg([r.state for r in accepted], weights)
+            state = aggregate([r.state for r in accepted], weights, policy, state)
         losses = [r.metrics.get("train_loss") for r in accepted]
         record = RoundRecord(
             round=rnd,

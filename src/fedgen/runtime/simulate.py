@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextlib import nullcontext
+
 from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.client import ClientData, FitResult, derive_seed
 from fedgen.models.params import State
@@ -28,12 +31,19 @@ class InProcessRuntime:
             store.update(client.kept)
             client.kept = store
 
-    def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]:
+    def fit(
+        self, state: State, client_ids: list[int], rnd: int, max_steps: Mapping[int, int] | None = None
+    ) -> list[FitResult]:
+        """``max_steps[k]``: client k stops after that many local steps (a partial straggler)."""
         if self.store is not None:
             self.store.begin_round(rnd)
         results = []
+        limits = max_steps or {}
         for k in client_ids:
-            results.append(self.client.fit(state, self.data[k], derive_seed(self.seed, "fit", rnd, k)))
+            limit = limits.get(k)
+            with self.client.client.limit_steps(limit) if limit is not None else nullcontext():
+                seed = derive_seed(self.seed, "fit", rnd, k)
+                results.append(self.client.fit(state, self.data[k], seed))
             if self.progress is not None:
                 self.progress.update(1)
         return results
