@@ -168,9 +168,11 @@ def ablation(parts: list[Part], kind: str, fig_dir: Path) -> list[str]:
     xlabel, key = SWEEPS[kind]
     claim = paper_figs.load()["ablations"]["rank" if kind == "rank" else "local_epochs"]["claim"]
     lines = []
-    for task in sorted({p.task for p in parts if p.kind == kind}):
+    by_task: dict[str, list[Part]] = {}
+    for p in sorted((p for p in parts if p.kind == kind), key=lambda p: p.value):
+        by_task.setdefault(p.task, []).append(p)
+    for task, sweep in sorted(by_task.items()):
         _, spec = task_spec(task)
-        sweep = sorted((p for p in parts if p.kind == kind and p.task == task), key=lambda p: p.value)
         cells = [p.compare["table"].get(p.algorithm) or {} for p in sweep]
         metric = [c.get(spec["metric"][0]) for c in cells]
         up = [(c.get("upload_bytes_total") or {}).get("mean") for c in cells]
@@ -213,7 +215,7 @@ def _small_copy(src: Path, dst: Path) -> None:
 
 def sample_grids(mains: list[Part], fig_dir: Path) -> list[str]:
     lines = []
-    for part in (p for p in mains if p.task == "image"):
+    for part in mains:  # runs whose task drew sample grids (summary.json's "grids")
         for alg in [a for a in SAMPLE_ORDER if a in part.compare["table"]]:
             runs = run_dirs(part, alg)
             s = read_json(runs[0] / "summary.json") if runs else None
@@ -233,7 +235,7 @@ def sample_grids(mains: list[Part], fig_dir: Path) -> list[str]:
 
 def text_samples(mains: list[Part]) -> list[str]:
     lines = []
-    for part in (p for p in mains if p.task == "text"):
+    for part in mains:  # runs whose task wrote text samples (samples.json)
         for alg in [a for a in SAMPLE_ORDER if a in part.compare["table"]]:
             runs = run_dirs(part, alg)
             samples = read_json(runs[0] / "samples.json") if runs else None
