@@ -93,8 +93,9 @@ def test_kept_per_client_state_resumes_bit_identically(dummy, tmp_path, algorith
     run_experiment(cfg, tmp_path / "ref", progress=False)
     out = run_experiment(cfg, tmp_path / "cut", stop_after=2, progress=False)
     assert out["stopped_after_round"] == 2
-    kept = list((tmp_path / "cut" / "checkpoints" / "round_0002" / "kept").iterdir())
-    assert kept  # the clients' kept states are in the checkpoint
+    store = list((tmp_path / "cut" / "client_store").glob("client_*.safetensors"))
+    assert store  # the clients' kept states are on disk, in the client store (not in each checkpoint)
+    assert not (tmp_path / "cut" / "checkpoints" / "round_0002" / "kept").exists()
     run_experiment(None, tmp_path / "cut", resume=True, progress=False)
     same_states(tmp_path / "cut" / "global", tmp_path / "ref" / "global")
     ref_clients = sorted(p.name for p in (tmp_path / "ref" / "clients").iterdir())

@@ -29,6 +29,7 @@ from fedgen.models.params import State
 from fedgen.rundir import Resume, RunDir, write_state
 from fedgen.runtime.heterogeneous import HeterogeneousRuntime, over_selected_fraction
 from fedgen.runtime.simulate import InProcessRuntime
+from fedgen.runtime.store import ClientStore
 
 log = logging.getLogger("fedgen")
 
@@ -83,8 +84,11 @@ def run_federated(
     last_round = min(f.rounds, stop_after) if stop_after is not None else f.rounds
     bar = tqdm(total=max(last_round - resume.round, 0), desc=f"{exp.spec.name} rounds", disable=not progress)
     cbar = tqdm(desc="clients", disable=not progress, unit="client", leave=False)
+    store = None
     if make_runtime is None:
-        runtime: Runtime = InProcessRuntime(logic, exp.data, cfg.seed, progress=cbar)
+        # Per-client state (FedPer, Ditto) lives on disk, written only when it changes (ClientStore).
+        store = ClientStore(rd.path / "client_store") if exp.spec.personalized == "kept" else None
+        runtime: Runtime = InProcessRuntime(logic, exp.data, cfg.seed, progress=cbar, store=store)
     else:
         runtime = make_runtime(exp, logic)
     fraction = f.fraction
@@ -123,7 +127,7 @@ def run_federated(
         rd.checkpoint(
             rec.round,
             new_state,
-            logic.kept,
+            {} if store is not None else logic.kept,
             {**counters, "wall_seconds": row["wall_seconds"]},
             cfg.output.keep_checkpoints,
             exp.peft_model,

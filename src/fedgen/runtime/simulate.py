@@ -46,4 +46,6 @@ class InProcessRuntime:
                 results.append(self.client.fit(state, self.data[k], seed))
             if self.progress is not None:
                 self.progress.update(1)
+        if self.store is not None:
+            self.store.end_round()
         return results
