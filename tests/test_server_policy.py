@@ -174,3 +174,18 @@ def test_upload_bytes_are_the_serialized_size_of_each_received_update():
     g = len(serialize(STATE))
     assert rec.received == 3 and rec.upload_bytes == 2 * g + len(serialize(big))
     assert rec.upload_bytes != g * len(sampled) and rec.download_bytes == g * len(sampled)
+
+
+def test_fednova_normalizes_by_local_steps_and_equals_fedavg_for_equal_steps():
+    from fedgen.fl.server import aggregate
+
+    ref = {"w": torch.zeros(3)}
+    a, b = {"w": torch.full((3,), 2.0)}, {"w": torch.full((3,), 8.0)}  # b did 4x the steps
+    fednova = RoundPolicy(aggregator="fednova")
+    same = aggregate([a, b], [10, 10], fednova, ref, steps=[4, 4])
+    assert torch.allclose(same["w"], aggregate([a, b], [10, 10], RoundPolicy(), ref)["w"])
+    out = aggregate([a, b], [10, 10], fednova, ref, steps=[2, 8])
+    # tau_eff = 5; 5 * (0.5 * 2/2 + 0.5 * 8/8) = 5: per-step progress is averaged, then scaled
+    assert torch.allclose(out["w"], torch.full((3,), 5.0))
+    with pytest.raises(ValueError, match="local steps"):
+        aggregate([a, b], [10, 10], fednova, ref, steps=None)

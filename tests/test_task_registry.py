@@ -253,3 +253,12 @@ def test_validated_personalization_keeps_the_global_model_when_nothing_beats_it(
     assert pers["kept_global_fraction"] == 1.0
     assert all(r["mse_personalized"] == r["mse_global"] for r in pers["clients"])
     assert s["local_test_mse_personalized_mean"] == s["local_test_mse_global_mean"]
+
+
+def test_fednova_aggregation_runs_end_to_end(dummy, tmp_path):
+    import dataclasses
+
+    cfg = dummy("fedgen", enabled=False)
+    cfg = dataclasses.replace(cfg, fl=dataclasses.replace(cfg.fl, aggregator="fednova"))
+    s = run_experiment(cfg, tmp_path / "nova", progress=False)
+    assert s["rounds"] == 3 and s["test_mse_final"] < s["test_mse_initial"]

@@ -114,11 +114,12 @@ class FLConfig:
     # (global model unchanged). This many skipped rounds in a row stop the run (resumable).
     min_clients: int = field(default=1, metadata=_range(1, None))
     max_skipped_rounds: int = field(default=3, metadata=_range(1, None))
-    # How accepted updates become the global state: n_k-weighted mean (FedAvg), or the robust,
-    # unweighted coordinate-wise median / trimmed mean (drop the trim_beta share of largest and of
+    # How accepted updates become the global state: n_k-weighted mean (FedAvg), FedNova (changes
+    # normalized by each client's local steps: for unequal local work, e.g. partial stragglers), or
+    # the robust, unweighted coordinate-wise median / trimmed mean (drop the trim_beta share of largest and of
     # smallest values per coordinate). clip_norm: each accepted update's change from the global
     # state is scaled down to this L2 norm (all tensors together) before aggregating (null = none).
-    aggregator: Literal["fedavg", "median", "trimmed-mean"] = "fedavg"
+    aggregator: Literal["fedavg", "fednova", "median", "trimmed-mean"] = "fedavg"
     trim_beta: float = field(default=0.1, metadata=_range(0.0, 0.49))
     clip_norm: float | None = field(default=None, metadata=_range(0.0, None, lo_open=True))
 

@@ -43,30 +43,55 @@ class RoundPolicy:
     min_clients: int = 1
     max_skipped_rounds: int = 3
     client_sizes: Mapping[int, int] | None = None
-    aggregator: str = "fedavg"  # "fedavg" | "median" | "trimmed-mean"
+    aggregator: str = "fedavg"  # "fedavg" | "fednova" | "median" | "trimmed-mean"
     trim_beta: float = 0.1
     clip_norm: float | None = None
 
 
 def aggregate(
-    states: Sequence[State], weights: Sequence[float], policy: RoundPolicy, reference: State
+    states: Sequence[State],
+    weights: Sequence[float],
+    policy: RoundPolicy,
+    reference: State,
+    steps: Sequence[int] | None = None,
 ) -> State:
     """The new global state from the accepted (screened) updates, as ``policy`` says.
 
     With ``clip_norm`` each update's change from ``reference`` (the global state the clients
     started from) is first bounded in L2 norm (:func:`~fedgen.fl.aggregate.clip_update_norm`);
     then ``fedavg`` weights by n_k, while ``median`` and ``trimmed-mean`` are unweighted
-    (coordinate-wise), like Flower's FedMedian / FedTrimmedAvg. Pure: modifies nothing.
+    (coordinate-wise), like Flower's FedMedian / FedTrimmedAvg. ``fednova`` (Wang et al. 2020)
+    normalizes each change by the client's local ``steps`` tau_k so that clients that did more
+    work (more data, faster devices, no straggler cut) do not pull harder:
+    ``reference + tau_eff * sum_k p_k (state_k - reference) / tau_k``, p_k = n_k / sum n,
+    tau_eff = sum_k p_k tau_k (with equal steps this is FedAvg). Pure: modifies nothing.
     """
     if policy.clip_norm is not None:
         states = [clip_update_norm(s, reference, policy.clip_norm) for s in states]
     if policy.aggregator == "fedavg":
         return fedavg(states, weights)
+    if policy.aggregator == "fednova":
+        return _fednova(states, weights, reference, steps)
     if policy.aggregator == "median":
         return coordinate_median(states)
     if policy.aggregator == "trimmed-mean":
         return trimmed_mean(states, policy.trim_beta)
     raise ValueError(f"unknown aggregator {policy.aggregator!r}")
+
+
+def _fednova(states: Sequence[State], weights: Sequence[float], reference: State, steps) -> State:
+    if steps is None or len(steps) != len(states) or min(steps) < 1:
+        raise ValueError("fednova needs each update's number of local steps (>= 1)")
+    p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    tau = np.asarray(steps, dtype=np.float64)
+    tau_eff = float(p @ tau)
+    out = {}
+    for k, ref in reference.items():
+        delta = sum(
+            float(pk / tk) * (s[k].double() - ref.double()) for s, pk, tk in zip(states, p, tau, strict=True)
+        )
+        out[k] = (ref.double() + tau_eff * delta).to(ref.dtype)
+    return out
 
 
 @dataclass
@@ -184,7 +209,8 @@ def federate(
                 policy.min_clients,
             )
         else:
-            state = aggregate([r.state for r in accepted], weights, policy, state)
+            steps = [int(r.metrics.get("steps", 1)) for r in accepted]
+            state = aggregate([r.state for r in accepted], weights, policy, state, steps)
         losses = [r.metrics.get("train_loss") for r in accepted]
         record = RoundRecord(
             round=rnd,
