@@ -21,6 +21,7 @@ import tomli_w
 import yaml
 
 from fedgen.config import Config
+from fedgen.data.ptb import data_root
 from fedgen.errors import FedgenError
 from fedgen.runtime.flower.config import RunSettings
 
@@ -28,8 +29,14 @@ from fedgen.runtime.flower.config import RunSettings
 def settings_for(
     cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None
 ) -> RunSettings:
+    raw = cfg.to_dict()
+    # Flower runs the apps in other working directories: relative paths (e.g. FEDGEN_DATA=../data, the
+    # default output root "runs" holding the backbone cache) are made absolute on the launching machine.
+    # A SuperNode on another machine needs the data at that path (or its own absolute data.dir).
+    raw["data"]["dir"] = str(data_root(cfg.data.dir).resolve())
+    raw["output"]["root"] = str(Path(cfg.output.root).resolve())
     return RunSettings(
-        config_yaml=yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+        config_yaml=yaml.safe_dump(raw, sort_keys=False),
         run_dir=str(Path(run_dir).resolve()),
         resume=resume,
         stop_after=stop_after or 0,
