@@ -25,7 +25,7 @@ demo: data
 	$(BIN)/fedgen run --config configs/demo.yaml
 
 test: $(BIN)/fedgen
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(BIN)/fedgen
 	$(BIN)/ruff check src tests benchmarks scripts
