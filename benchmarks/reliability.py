@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--clip-norm", type=float, default=1.0)
     p.add_argument("--out", default="benchmarks/results/reliability.json")
     p.add_argument("--runs", default="runs/bench-reliability")
+    p.add_argument("--margin", type=float, default=0.10, help="allowed relative PPL loss vs the clean run")
     a = p.parse_args()
     quick = [f"fl.rounds={a.rounds}", f"eval.every={a.rounds}", f"eval.local_every={a.rounds}"]
     quick += ["personalize.enabled=false", f"output.root={a.runs}"]
@@ -130,7 +131,14 @@ def main() -> None:
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
-    print(f"PTB test PPL clean {clean:.2f} vs faulty {faulty:.2f} (x{faulty / clean:.3f}); written: {a.out}")
+    ok = runs["faulty"]["rounds_completed"] == a.rounds and faulty <= clean * (1 + a.margin)
+    result["margin"], result["within_margin"] = a.margin, ok
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(
+        f"PTB test PPL clean {clean:.2f} vs faulty {faulty:.2f} (x{faulty / clean:.3f}; margin "
+        f"{a.margin:.0%}: {'PASS' if ok else 'FAIL'}); written: {a.out}"
+    )
+    raise SystemExit(0 if ok else 1)
 
 
 if __name__ == "__main__":
