@@ -74,7 +74,8 @@ def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
             "sources": ["us-presidential-addresses"],
         },
         "fl": {"rounds": 2, "fraction": 0.5, "local_epochs": 1, "batch_size": 16, "lr": 0.01, **fl},
-        "eval": {"max_tokens": 6000, "local_every": 1},
+        "eval": {"max_tokens": 3000, "local_every": 1},
+        "personalize": {"lr_multipliers": [1.0, 0.3], "max_epochs": 1},  # the validated grid, kept small
         "output": {"root": str(root), "keep_checkpoints": 2},
     }
 

@@ -433,4 +433,4 @@ def test_federating_lora_on_a_hugging_face_causal_lm(
         after = PeftModel.from_pretrained(base, str(tmp_path / "run" / "global"))(input_ids=x).logits
     assert not torch.equal(before, after)
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())
-    assert all(t.startswith(("the company said", "in new york")) for ts in samples.values() for t in ts)
+    assert all(t.startswith(("the stock market", "the company said")) for ts in samples.values() for t in ts)

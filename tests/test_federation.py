@@ -73,7 +73,7 @@ def test_summary_follows_the_documented_schema_and_run_dir_layout(finished):
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     samples = json.loads((run / "samples.json").read_text())
     assert set(samples) == {"global", "client 0 (personalized)", "client 1 (personalized)"}
-    assert all(t.startswith(("the company said", "in new york")) for ts in samples.values() for t in ts)
+    assert all(t.startswith(("the stock market", "the company said")) for ts in samples.values() for t in ts)
     assert "## Samples" in (run / "report.md").read_text()
     assert len(list((run / "clients").iterdir())) == 8
     # only the last keep_checkpoints rounds are kept

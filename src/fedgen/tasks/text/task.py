@@ -35,7 +35,7 @@ PRETRAIN_SOURCES = {"gutenberg", "us-presidential-addresses", "wikitext-2-valid-
 LORA_TARGETS = {"q_proj", "k_proj", "v_proj"}
 DEFAULT_TARGETS = ["q_proj", "v_proj"]  # the paper: LoRA on the attention query and value projections
 OWN = "the checkpoint's own"
-SAMPLE_PROMPTS = ("the company said", "in new york")
+SAMPLE_PROMPTS = ("the stock market", "the company said")
 
 
 def _first(config: Any, *names: str) -> Any:
