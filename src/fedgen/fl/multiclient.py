@@ -87,7 +87,7 @@ class ClientAdamW:
         lr, wd, (beta1, beta2) = self.cfg.lr, self.cfg.weight_decay, self.cfg.betas
         step_size = lr / (1 - beta1**self.t)
         bias_correction2_sqrt = (1 - beta2**self.t) ** 0.5
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
             p, m, v, g = p[:n], m[:n], v[:n], p.grad[:n]
             if wd != 0:
                 p.mul_(1 - lr * wd)
@@ -120,7 +120,7 @@ def fit_many(
     batched (see the module docstring; check :func:`unsupported` first)."""
     task, model, params = client.task, client.model, client.params
     cfgs = [replace(client.train_cfg, max_steps=m) for m in max_steps]
-    plans = [plan(task, d.train, c, s) for d, c, s in zip(data, cfgs, seeds)]
+    plans = [plan(task, d.train, c, s) for d, c, s in zip(data, cfgs, seeds, strict=True)]
     order = sorted(range(len(data)), key=lambda i: -len(plans[i].batches))  # slot j: client order[j]
     device = device_of(model)
     losses: list[list[float]] = [[] for _ in data]
@@ -148,12 +148,12 @@ def fit_many(
             if client.train_cfg.max_grad_norm:
                 clip_per_client(opt.params, len(active), client.train_cfg.max_grad_norm)
             opt.step(len(active))
-            for i, value in zip(active, loss.tolist()):
+            for i, value in zip(active, loss.tolist(), strict=True):
                 losses[i].append(value)
         slot = {i: j for j, i in enumerate(order)}
         results = []
         for i, d in enumerate(data):
-            st = OrderedDict((k, stacked[k][slot[i]].detach().to("cpu", copy=True)) for k in params.keys())
+            st = OrderedDict((k, stacked[k][slot[i]].detach().to("cpu", copy=True)) for k in params.params)
             metrics = {"train_loss": _last_epoch_loss(plans[i], losses[i]), "steps": len(plans[i].batches)}
             results.append(FitResult(d.client_id, st, len(d.train), metrics))
     if results:
@@ -165,5 +165,5 @@ def _last_epoch_loss(p: Plan, losses: list[float]) -> float:
     """``local_train``'s ``train_loss``: the example-weighted mean loss of the last epoch entered."""
     if p.last_epoch < 0:
         return float("nan")
-    pairs = [(v, len(b)) for v, b, e in zip(losses, p.batches, p.epochs) if e == p.last_epoch]
+    pairs = [(v, len(b)) for v, b, e in zip(losses, p.batches, p.epochs, strict=True) if e == p.last_epoch]
     return sum(v * n for v, n in pairs) / max(sum(n for _, n in pairs), 1)

@@ -28,10 +28,10 @@ class Rows:
         self.counts, self.width = counts, max(counts)
         self.equal = all(c == self.width for c in counts)
         # each row's place in the padded [clients * width] layout (only needed when counts differ)
-        starts = [c * self.width for c in range(len(counts))]
-        self.pos = None if self.equal else torch.cat([s + torch.arange(k) for s, k in zip(starts, counts)])
-        if self.pos is not None:
-            self.pos = self.pos.to(device)
+        self.pos = None
+        if not self.equal:
+            pos = [c * self.width + torch.arange(k) for c, k in enumerate(counts)]
+            self.pos = torch.cat(pos).to(device)
 
 
 class BatchedLoRALinear(nn.Module):

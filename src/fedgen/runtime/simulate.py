@@ -7,6 +7,8 @@ import logging
 from collections.abc import Mapping
 from contextlib import nullcontext
 
+import torch
+
 from fedgen.fl import multiclient
 from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.client import ClientData, FitResult, derive_seed
@@ -14,6 +16,12 @@ from fedgen.models.params import State
 from fedgen.runtime.store import ClientStore
 
 log = logging.getLogger(__name__)
+
+
+def use_batched(setting: str, device: torch.device) -> bool:
+    """``batched_clients``: ``on`` / ``off``, or ``auto``: on CUDA only (on a few CPU cores batched
+    training measured 0.5-0.8x the speed of training the clients one by one)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 class InProcessRuntime:
