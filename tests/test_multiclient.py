@@ -7,7 +7,11 @@ with random token windows: no data files, CPU, fp32, dropout off.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +29,7 @@ from fedgen.models.params import ParamSet
 from fedgen.runtime.simulate import InProcessRuntime, use_batched
 from fedgen.tasks.text.lm import LMObjective
 
+ROOT = Path(__file__).resolve().parent.parent
 VOCAB, CONTEXT = 50, 16
 # examples per client: unequal numbers of batches of 8, last batches partial, one client without data
 SIZES = {0: 37, 1: 16, 2: 5, 3: 0, 4: 24}
@@ -137,3 +142,18 @@ def test_batched_clients_config() -> None:
         config_from_dict({"batched_clients": "yes"})
     with pytest.raises(ConfigError, match="^config batched_clients: on needs runtime: in-process$"):
         config_from_dict({"batched_clients": "on", "runtime": "flower-sim"})
+
+
+def test_benchmark_runs_and_writes_its_result(tmp_path, monkeypatch) -> None:
+    path = ROOT / "benchmarks" / "multiclient.py"
+    spec = importlib.util.spec_from_file_location("multiclient_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "multiclient.json"
+    args = "--random-data --layers 1 --embd 16 --heads 2 --context 8 --clients 3 --examples 10 --repeats 1"
+    monkeypatch.setattr(sys, "argv", ["multiclient.py", *args.split(), "--device", "cpu", "--out", str(out)])
+    assert bench.main() == 0
+    r = json.loads(out.read_text())
+    assert r["client_examples"] == [10, 8, 7] and r["client_steps"] == [2, 1, 1]
+    assert set(r["client_steps_per_second"]) == {"sequential", "batched"}
+    assert r["max_abs_diff"] <= 1e-5 and r["ratio_batched_to_sequential"] > 0
