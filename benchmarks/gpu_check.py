@@ -2,8 +2,9 @@
 
 1. pre-trains the paper-architecture GPT-2 (6 x 768 x 12, PTB vocabulary, context 128) briefly on the
    public corpus (``$FEDGEN_DATA/pretrain``, small enough to travel with the repo);
-2. runs a few rounds of FedGen-Edge and of FedAvg-full at the paper's federation (K=100, C=0.1,
-   E=5, batch 32) on real PTB;
+2. runs a few rounds of FedGen-Edge (clients one by one, and batched: ``batched_clients: on``,
+   one backbone pass for all of a round's clients) and of FedAvg-full at the paper's federation
+   (K=100, C=0.1, E=5, batch 32) on real PTB;
 3. prints and writes (JSON) per algorithm: s/round, training tokens/s, peak GPU memory, PTB PPL.
 
 Usage: ``PYTHONPATH=src python benchmarks/gpu_check.py --data DIR [--rounds 3] [--pretrain-steps 1500]``
@@ -26,13 +27,21 @@ import torch  # noqa: E402
 from fedgen.config import config_from_dict  # noqa: E402
 from fedgen.run import run_experiment  # noqa: E402
 
+# (run name, algorithm, batched_clients)
+RUNS = (
+    ("fedgen", "fedgen", "off"),
+    ("fedgen-batched", "fedgen", "on"),
+    ("fedavg-full", "fedavg-full", "off"),
+)
 
-def config(args, algorithm: str) -> dict:
+
+def config(args, algorithm: str, batched: str = "off") -> dict:
     small = args.small
     return {
         "name": "gpu-check",
         "seed": 0,
         "device": "auto",
+        "batched_clients": batched,
         "data": {"dir": args.data, "num_clients": 10 if small else 100, "max_docs": 60 if small else None},
         "model": {
             "n_layer": 1 if small else 6,
@@ -76,18 +85,18 @@ def main() -> None:
         "torch": torch.__version__,
         "runs": {},
     }
-    for alg in ("fedgen", "fedavg-full"):
+    for name, alg, batched in RUNS:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.time()
-        s = run_experiment(config_from_dict(config(args, alg)), Path(args.out) / alg, progress=True)
-        rows = [json.loads(x) for x in (Path(args.out) / alg / "metrics.jsonl").read_text().splitlines()]
+        s = run_experiment(config_from_dict(config(args, alg, batched)), Path(args.out) / name, progress=True)
+        rows = [json.loads(x) for x in (Path(args.out) / name / "metrics.jsonl").read_text().splitlines()]
         walls = [r["wall_seconds"] for r in rows if r["round"] > 0]
         per_round = (walls[-1] - walls[0]) / max(len(walls) - 1, 1) if len(walls) > 1 else walls[-1]
         ctx = config(args, alg)["model"]["context"]
         tokens = sum(sum(r["num_examples"]) for r in rows if r["round"] > 0) * ctx
         tokens *= config(args, alg)["fl"]["local_epochs"]
-        result["runs"][alg] = {
+        result["runs"][name] = {
             "seconds_per_round": round(per_round, 3),
             "train_tokens_per_second": round(tokens / max(walls[-1] - (walls[0] - per_round), 1e-9), 1),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
@@ -97,7 +106,7 @@ def main() -> None:
             "upload_bytes_total": s["upload_bytes_total"],
             "wall_seconds": round(time.time() - t0, 1),
         }
-        print(alg, json.dumps(result["runs"][alg]))
+        print(name, json.dumps(result["runs"][name]))
     out = Path(args.json or Path(args.out) / "gpu_check.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -7,3 +7,6 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 python benchmarks/gpu_check.py --data "${FEDGEN_DATA:-data}" --rounds "${ROUNDS:-3}" \
   --pretrain-steps "${PRETRAIN_STEPS:-1500}" --out "${OUT:-runs}/gpu-check" "$@"
+# batched vs one-by-one local training of 10 clients on the paper-size GPT-2 (random weights)
+python benchmarks/multiclient.py --device cuda --layers 6 --embd 768 --heads 12 --context 128 \
+  --clients 10 --examples 96 --batch-size 32 --epochs 2 --out "${OUT:-runs}/gpu-check/multiclient.json"

@@ -168,6 +168,8 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(
             f"config fl.min_clients: {cfg.fl.min_clients} is more than the {m} clients sampled per round"
         )
+    if cfg.batched_clients == "on" and cfg.runtime != "in-process":
+        raise ConfigError("config batched_clients: on needs runtime: in-process")
     dev = cfg.devices
     if dev.enabled:
         if not dev.tiers:

@@ -230,6 +230,10 @@ class Config:
     threads: int | None = field(default=None, metadata=_range(1, 1024))
     # Where federated rounds run: in this process, Flower's Simulation Engine, or a Flower deployment.
     runtime: Literal["in-process", "flower-sim", "flower-deploy"] = "in-process"
+    # In-process runtime: train a round's sampled clients together, one backbone pass per step
+    # (fl/multiclient.py; fedgen-style LoRA algorithms on the text task, else one by one).
+    # auto: on CUDA only (on a few CPU cores it is slower than one by one).
+    batched_clients: Literal["auto", "on", "off"] = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: AdapterConfig = field(default_factory=AdapterConfig)
@@ -248,10 +252,10 @@ class Config:
 
     def result_digest(self) -> str:
         """Short hash of every setting that can change a run's results: all but the experiment's
-        name, its thread count, the runtime (runtimes give equal results), where the data is
-        read from and where outputs go."""
+        name, its thread count, the runtime and batched clients (they give equal results), where
+        the data is read from and where outputs go."""
         d = self.to_dict()
-        for key in ("name", "threads", "output", "runtime", "flower"):
+        for key in ("name", "threads", "output", "runtime", "flower", "batched_clients"):
             d.pop(key)
         d["data"].pop("dir")
         if not d["devices"]["enabled"]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fedgen.device import device_of
 from fedgen.errors import FedgenError
 from fedgen.experiment import Experiment, distribution
 from fedgen.fl.aggregate import first_nonfinite
@@ -28,7 +29,7 @@ from fedgen.fl.server import RoundPolicy, RoundRecord, Runtime, federate
 from fedgen.models.params import State
 from fedgen.rundir import Resume, RunDir, write_state
 from fedgen.runtime.heterogeneous import HeterogeneousRuntime, over_selected_fraction
-from fedgen.runtime.simulate import InProcessRuntime
+from fedgen.runtime.simulate import InProcessRuntime, use_batched
 from fedgen.runtime.store import ClientStore
 
 log = logging.getLogger("fedgen")
@@ -88,7 +89,10 @@ def run_federated(
     if make_runtime is None:
         # Per-client state (FedPer, Ditto) lives on disk, written only when it changes (ClientStore).
         store = ClientStore(rd.path / "client_store") if exp.spec.personalized == "kept" else None
-        runtime: Runtime = InProcessRuntime(logic, exp.data, cfg.seed, progress=cbar, store=store)
+        batched = use_batched(cfg.batched_clients, device_of(exp.params.model))
+        runtime: Runtime = InProcessRuntime(
+            logic, exp.data, cfg.seed, progress=cbar, store=store, batched=batched
+        )
     else:
         runtime = make_runtime(exp, logic)
     fraction = f.fraction

@@ -1,14 +1,27 @@
-"""In-process simulation: every sampled client trains in turn on this machine."""
+"""In-process simulation: every sampled client trains on this machine, one after another or, with
+``batched``, all together in one batched pass (:mod:`fedgen.fl.multiclient`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextlib import nullcontext
 
+import torch
+
+from fedgen.fl import multiclient
 from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.client import ClientData, FitResult, derive_seed
 from fedgen.models.params import State
 from fedgen.runtime.store import ClientStore
+
+log = logging.getLogger(__name__)
+
+
+def use_batched(setting: str, device: torch.device) -> bool:
+    """``batched_clients``: ``on`` / ``off``, or ``auto``: on CUDA only (on a few CPU cores batched
+    training measured 0.5-0.8x the speed of training the clients one by one)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 class InProcessRuntime:
@@ -16,6 +29,8 @@ class InProcessRuntime:
 
     With ``store``, the clients' kept states (FedPer, Ditto) live in that on-disk
     :class:`~fedgen.runtime.store.ClientStore` instead of memory (what they held so far is moved there).
+    With ``batched``, :meth:`fit` trains the clients together (:meth:`fit_many`) where the algorithm
+    and model allow it (:func:`fedgen.fl.multiclient.unsupported`), else sequentially.
     """
 
     def __init__(
@@ -25,11 +40,18 @@ class InProcessRuntime:
         seed: int,
         progress=None,
         store: ClientStore | None = None,
+        batched: bool = False,
     ):
         self.client, self.data, self.seed, self.progress, self.store = client, data, seed, progress, store
         if store is not None:
             store.update(client.kept)
             client.kept = store
+        self.batched = batched
+        if batched:
+            why = multiclient.unsupported(client)
+            if why is not None:
+                log.debug("batched multi-client training off, clients train one by one: %s", why)
+                self.batched = False
 
     def fit(
         self, state: State, client_ids: list[int], rnd: int, max_steps: Mapping[int, int] | None = None
@@ -37,15 +59,35 @@ class InProcessRuntime:
         """``max_steps[k]``: client k stops after that many local steps (a partial straggler)."""
         if self.store is not None:
             self.store.begin_round(rnd)
-        results = []
-        limits = max_steps or {}
-        for k in client_ids:
-            limit = limits.get(k)
-            with self.client.client.limit_steps(limit) if limit is not None else nullcontext():
-                seed = derive_seed(self.seed, "fit", rnd, k)
-                results.append(self.client.fit(state, self.data[k], seed))
-            if self.progress is not None:
-                self.progress.update(1)
+        if self.batched:
+            results = self.fit_many(state, client_ids, rnd, max_steps)
+        else:
+            results = []
+            limits = max_steps or {}
+            for k in client_ids:
+                limit = limits.get(k)
+                with self.client.client.limit_steps(limit) if limit is not None else nullcontext():
+                    seed = derive_seed(self.seed, "fit", rnd, k)
+                    results.append(self.client.fit(state, self.data[k], seed))
+                if self.progress is not None:
+                    self.progress.update(1)
         if self.store is not None:
             self.store.end_round()
+        return results
+
+    def fit_many(
+        self, state: State, client_ids: list[int], rnd: int, max_steps: Mapping[int, int] | None = None
+    ) -> list[FitResult]:
+        """The sequential loop's results (same seeds, batches and step limits) from one batched pass."""
+        client = self.client.client
+        limits = max_steps or {}
+        results = multiclient.fit_many(
+            client,
+            state,
+            [self.data[k] for k in client_ids],
+            [derive_seed(self.seed, "fit", rnd, k) for k in client_ids],
+            [limits.get(k, client.step_limit) for k in client_ids],
+        )
+        if self.progress is not None:
+            self.progress.update(len(client_ids))
         return results

@@ -168,6 +168,16 @@ class LMObjective:
         logits = model(input_ids=batch[:, :-1]).logits
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
 
+    def example_losses(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """Per-window token cross-entropies ``[n, context]``: the mean over any rows is :meth:`loss`
+        of those rows (batched multi-client training, :mod:`fedgen.fl.multiclient`)."""
+        batch = batch.to(device_of(model))
+        logits = model(input_ids=batch[:, :-1]).logits
+        flat = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1), reduction="none"
+        )
+        return flat.view(len(batch), -1)
+
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(self, model: nn.Module, stream: TextStream, batch_size: int = 64) -> dict[str, float]:
         """Word-level (headline ``ppl`` = ``word_ppl``) and token-level perplexity of a stream."""
