@@ -1,4 +1,4 @@
-"""``fedgen`` command line: run | compare | reproduce | pretrain | generate | report | export | data."""
+"""``fedgen`` command line: run | compare | reproduce | pretrain | generate | fid | report | export | data."""
 
 from __future__ import annotations
 
@@ -136,6 +136,39 @@ def cmd_export(args) -> int:
 
     out = export(args.run, args.out, args.client)
     print(f"exported to {out} (see {out}/fedgen_export.json)")
+    return 0
+
+
+def cmd_fid(args) -> int:
+    """Inception FID/KID of a finished run's saved generators, into its summary.json (and fid.json)."""
+    from fedgen.config import load_config
+    from fedgen.experiment import Experiment
+    from fedgen.run import saved_models
+    from fedgen.rundir import RunDir
+
+    rd = RunDir(Path(args.run_dir))
+    if not (rd.path / "config.yaml").is_file():
+        raise FedgenError(f"{rd.path} is not a run directory (no config.yaml)")
+    exp = Experiment.build(load_config(rd.path / "config.yaml"), progress=False)
+    fid_of = getattr(exp.task, "fid", None)
+    if fid_of is None:
+        raise FedgenError(f"the {exp.cfg.task} task has no FID")
+    global_state, personal = saved_models(exp, rd.path)
+    if global_state is None and personal is None:
+        raise FedgenError(f"{rd.path} holds no saved model (is the run finished?)")
+    fid = fid_of(exp, global_state, personal, args.n, progress=not args.quiet)
+    rd.write_json("fid.json", fid)
+    summary_file = rd.path / "summary.json"
+    if summary_file.is_file():
+        summary = {**json.loads(summary_file.read_text()), "fid": fid}
+        rd.write_json("summary.json", summary)
+        pers_file = rd.path / "personalization.json"
+        pers = json.loads(pers_file.read_text()) if pers_file.is_file() else None
+        exp.task.report.write_report(rd.path, summary, rd.read_metrics(), pers)
+        print(exp.task.report.result_table(summary))
+    else:
+        print(json.dumps({k: v for k, v in fid.items() if k != "per_client"}, indent=2))
+    print(f"\nwritten: {rd.path}/fid.json" + (", summary.json, report.md" if summary_file.is_file() else ""))
     return 0
 
 
@@ -310,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--run", required=True, help="run dir, compare dir, or suite dir (fedgen reproduce --out)"
     )
     rp.set_defaults(func=cmd_report)
+
+    fd = sub.add_parser("fid", help="Inception FID/KID of a finished image run's saved generators")
+    fd.add_argument("run_dir")
+    fd.add_argument("--n", type=int, help="samples per model set (default: the run's image.fid_samples)")
+    fd.add_argument("--quiet", action="store_true", help="no progress bars")
+    fd.set_defaults(func=cmd_fid)
 
     ex = sub.add_parser(
         "export", help="merge a run's global (or a client's personalized) model into a plain checkpoint"

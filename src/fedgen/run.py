@@ -18,6 +18,7 @@ Run directory layout::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fedgen.config import Config, load_config, save_config
@@ -103,13 +104,22 @@ def run_experiment(
     if outcome.final_state is not None:
         write_state(rd.path / "global", outcome.final_state, exp.peft_model)
     global_state = outcome.final_state if exp.spec.has_global else None  # FedPer's is only the shared part
-    has_clients = (rd.path / "clients").is_dir()
-    personal = (lambda k: saved_model_state(exp, rd.path, k, True)) if has_clients else None
+    personal = saved_models(exp, rd.path)[1]
     extra = exp.task.finish(exp, rd.path, global_state, personal, progress)
     summary = {**make_summary(exp, rd, outcome.personalization, clock.seconds()), **extra}
     rd.write_json("summary.json", summary)
     exp.task.report.write_report(rd.path, summary, rd.read_metrics(), outcome.personalization)
     return summary
+
+
+def saved_models(exp: Experiment, run_dir: Path) -> tuple[State | None, Callable[[int], State] | None]:
+    """A finished run's global state (None where the algorithm has no global model) and
+    ``personal(k)``: client k's deployed state (None where the run kept no client models)."""
+    has_global = exp.spec.has_global and (run_dir / "global").is_dir()
+    global_state = saved_model_state(exp, run_dir) if has_global else None
+    if not (run_dir / "clients").is_dir():
+        return global_state, None
+    return global_state, lambda k: saved_model_state(exp, run_dir, k, True)
 
 
 def saved_model_state(
