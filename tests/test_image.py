@@ -161,6 +161,26 @@ def test_fedgen_local_training_changes_only_generator_lora_and_resets_the_discri
     assert torch.equal(client.fit(init, data, seed=1).state[next(iter(init))], res.state[next(iter(init))])
 
 
+def test_a_full_model_session_starts_from_the_pretrained_spectral_norm_vectors():
+    gan = cgan.build(SMALL, 0)
+    pretrained = {k: v.clone() for k, v in gan.discriminator.named_buffers()}
+    assert pretrained and all("parametrizations" in k for k in pretrained)  # u/v: D's only buffers
+    task = GanObjective(
+        nz=SMALL.nz,
+        num_classes=10,
+        discriminator_init=None,  # full-model training: D's weights come with the state
+        d_lr=2e-4,
+        betas=(0.0, 0.999),
+        discriminator_buffers=pretrained,
+    )
+    with torch.no_grad():
+        for b in gan.discriminator.buffers():  # as another client's session left them
+            b.add_(1.0)
+    task.begin_local(gan, dict(gan.named_parameters()), LocalTrainConfig(1, 8, 1e-3))
+    for k, b in gan.discriminator.named_buffers():
+        assert torch.equal(b, pretrained[k]), k
+
+
 def test_the_federated_generator_step_is_the_pretraining_loss():
     gan = cgan.build(SMALL, 0)
     task = _task(gan, reset=True)

@@ -140,35 +140,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_fid(args) -> int:
-    """Inception FID/KID of a finished run's saved generators, into its summary.json (and fid.json)."""
-    from fedgen.config import load_config
-    from fedgen.experiment import Experiment
-    from fedgen.run import saved_models
-    from fedgen.rundir import RunDir
+    from fedgen.run import recompute_fid
 
-    rd = RunDir(Path(args.run_dir))
-    if not (rd.path / "config.yaml").is_file():
-        raise FedgenError(f"{rd.path} is not a run directory (no config.yaml)")
-    exp = Experiment.build(load_config(rd.path / "config.yaml"), progress=False)
-    fid_of = getattr(exp.task, "fid", None)
-    if fid_of is None:
-        raise FedgenError(f"the {exp.cfg.task} task has no FID")
-    global_state, personal = saved_models(exp, rd.path)
-    if global_state is None and personal is None:
-        raise FedgenError(f"{rd.path} holds no saved model (is the run finished?)")
-    fid = fid_of(exp, global_state, personal, args.n, progress=not args.quiet)
-    rd.write_json("fid.json", fid)
-    summary_file = rd.path / "summary.json"
-    if summary_file.is_file():
-        summary = {**json.loads(summary_file.read_text()), "fid": fid}
-        rd.write_json("summary.json", summary)
-        pers_file = rd.path / "personalization.json"
-        pers = json.loads(pers_file.read_text()) if pers_file.is_file() else None
-        exp.task.report.write_report(rd.path, summary, rd.read_metrics(), pers)
-        print(exp.task.report.result_table(summary))
-    else:
-        print(json.dumps({k: v for k, v in fid.items() if k != "per_client"}, indent=2))
-    print(f"\nwritten: {rd.path}/fid.json" + (", summary.json, report.md" if summary_file.is_file() else ""))
+    table, written = recompute_fid(args.run_dir, args.n, progress=not args.quiet)
+    print(table)
+    print(f"\nwritten: {', '.join(written)}")
     return 0
 
 

@@ -17,6 +17,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,3 +143,27 @@ def saved_model_state(
         if part.is_dir():
             state.update(read_state(part))
     return state
+
+
+def recompute_fid(run_dir: str | Path, n: int | None = None, progress: bool = True) -> tuple[str, list[str]]:
+    """``fedgen fid``: the task's Inception FID/KID of a finished run's saved models on ``n`` samples
+    per model set, written to ``fid.json`` and into summary.json + report.md. Returns (table, files)."""
+    rd = RunDir(Path(run_dir))
+    if not (rd.path / "config.yaml").is_file():
+        raise FedgenError(f"{rd.path} is not a run directory (no config.yaml)")
+    exp = Experiment.build(load_config(rd.path / "config.yaml"), progress=False)
+    fid_of = getattr(exp.task, "fid", None)
+    if fid_of is None:
+        raise FedgenError(f"the {exp.cfg.task} task has no FID")
+    global_state, personal = saved_models(exp, rd.path)
+    if global_state is None and personal is None:
+        raise FedgenError(f"{rd.path} holds no saved model (is the run finished?)")
+    fid = fid_of(exp, global_state, personal, n, progress=progress)
+    rd.write_json("fid.json", fid)
+    if not (rd.path / "summary.json").is_file():
+        return json.dumps({k: v for k, v in fid.items() if k != "per_client"}, indent=2), ["fid.json"]
+    summary = {**rd.read_json("summary.json"), "fid": fid}
+    rd.write_json("summary.json", summary)
+    pers = rd.read_json("personalization.json") if (rd.path / "personalization.json").is_file() else None
+    exp.task.report.write_report(rd.path, summary, rd.read_metrics(), pers)
+    return exp.task.report.result_table(summary), ["fid.json", "summary.json", "report.md"]

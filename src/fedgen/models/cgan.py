@@ -8,7 +8,8 @@ class projection, with the pieces that make small conditional GANs train:
   (-> 8, 16 px; widths 8, 4, 2 x ngf) -> ConvT 4x4 stride 2 to RGB (32 px) -> tanh: the DCGAN
   layout (a 32x32 hidden layer + 3x3 output conv was measured ~30% slower on CPU and dropped).
   Each hidden layer is followed by a *class-conditional* normalisation
-  ``norm(h) * (1 + gain[y]) + bias[y]`` (gain/bias: embeddings, zero-initialised) and ReLU. Every convolution is a plain ``nn.ConvTranspose2d`` / ``nn.Conv2d``
+  ``norm(h) * (1 + gain[y]) + bias[y]`` (gain/bias: embeddings, zero-initialised) and ReLU. Every
+  convolution is a plain ``nn.ConvTranspose2d`` / ``nn.Conv2d``
   (groups = 1, dilation = 1, output_padding = 0), so :func:`fedgen.models.conv_lora.add_generator_lora`
   puts LoRA on all four.
 * **Normalisation** (``GanConfig.norm``): ``"gn"`` = GroupNorm without affine parameters (per sample:

@@ -64,7 +64,7 @@ def backbone_dir(cfg: Config, data: CIFAR10) -> Path:
     """``runs/backbones/cgan-z..-g..-d..-<key>``: key = digest of (architecture, recipe, data)."""
     c = gan_config(cfg)
     key = recipe_key(c, gan_recipe(cfg), public_data_id(cfg, data))
-    return Path(cfg.output.root) / "backbones" / f"cgan-z{c.nz}-g{c.ngf}-d{c.ndf}-{c.norm}-{key}"
+    return Path(cfg.output.root) / "backbones" / f"cgan-z{c.nz}-g{c.ngf}-d{c.ndf}-{key}"
 
 
 def pretrain_gan(cfg: Config, data: CIFAR10, out: str | Path, progress: bool = True) -> Path:
