@@ -71,7 +71,7 @@ class ImageTask:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.cifar = None  # the loaded CIFAR-10 arrays, once setup() ran
+        self.cifar: CIFAR10 | None = None  # loaded on first use (data())
 
     @staticmethod
     def check_config(cfg: Config) -> None:
@@ -223,6 +223,6 @@ class ImageTask:
     def describe_partition(self) -> str:
         import json
 
-        data = load_cifar10(self.cfg.data.dir)
+        data = self.data()
         part = load_image_partition(self.cfg, data.train_y[splits(self.cfg, data)[1]])
         return json.dumps(part.stats["summary"], indent=2)
