@@ -213,6 +213,14 @@ def test_stratified_labels_follow_the_class_histogram():
     assert y.tolist() == [0, 0, 0, 0, 0, 0, 2, 2]
 
 
+def test_the_kid_reference_of_a_client_is_the_largest_subset_with_its_class_mix():
+    from fedgen.tasks.image.metrics import mixture_subset
+
+    labels = np.repeat(np.arange(3), 20)  # 20 reference images per class
+    idx = mixture_subset(labels, np.array([6.0, 3.0, 0.0]))
+    assert np.bincount(labels[idx], minlength=3).tolist() == [20, 10, 0] and len(set(idx)) == len(idx)
+
+
 def test_class_mixture_reference_matches_the_moments_of_the_resampled_set():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), [100, 200, 300])
