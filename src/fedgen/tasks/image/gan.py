@@ -15,7 +15,7 @@ seeded global RNG (one draw per step), so sessions are deterministic.
 
 **Discriminator policy (federation).** The discriminator never leaves the device. With a
 LoRA algorithm (FedGen-Edge, Ditto, Local, Central-LoRA) every local training session starts
-from the *pretrained* discriminator (``reset_discriminator``), trains it alongside the
+from the *pretrained* discriminator (``discriminator_init``), trains it alongside the
 generator adapter and discards it: clients stay stateless, which is what cross-device FL
 assumes (a client is sampled about once every 1/C rounds and may never return), memory
 does not grow with K, and resume needs no per-client state. Full-model algorithms follow
