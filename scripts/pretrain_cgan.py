@@ -1,18 +1,19 @@
 """Pre-train the CPU conditional-GAN backbone on the public CIFAR-10 slice (resumable), then score it.
 
     python scripts/pretrain_cgan.py --data /work/shared/data --root runs \\
-        --classifier-cache runs/cache/classifier [--steps 1500] [--threads 2]
+        --classifier-cache runs/cache/classifier [--steps 2800] [--norm bn] [--threads 2]
 
-The backbone lands in ``ROOT/backbones/cgan-z128-g32-d32-<key>/`` (key: architecture + recipe +
-public slice), its checkpoint in ``.../pretrain/`` while training: rerunning the same command
-after a kill resumes. The score (FD-classifier and class accuracy of 1,000 class-balanced EMA
-samples) is added to the backbone's ``fedgen_gan.json`` under ``"eval"``.
+``fedgen pretrain --config configs/cifar-cpu.yaml`` builds the same backbone (the image task uses
+this recipe); this script adds the score and takes --steps / --norm for recipe experiments. The
+backbone lands in ``ROOT/backbones/cgan-z128-g32-d32-<key>/`` (key: architecture + recipe + public
+slice; the defaults give cifar-cpu.yaml's slot), its checkpoint in ``.../pretrain/`` while training:
+rerunning the same command after a kill resumes. The score (FD-classifier and class accuracy of
+1,000 class-balanced EMA samples) is added to the backbone's ``fedgen_gan.json`` under ``"eval"``.
 
-``norm="gn"`` (per-sample GroupNorm in G) is the default because a sample then does not depend on
-its batch (clients' batches hold one or two classes; sampling batches are sorted by class). It was
-picked before the short comparison finished, which favoured ``--norm bn`` on class accuracy after
-300 steps at width 16 (0.194 vs 0.098, benchmarks/gan_recipes.py): compare both at full length.
-Measured on 1 thread: 0.56 CPU-s per step (batch 64, width 32), so 1,500 steps ~ 14 CPU-minutes.
+``norm="bn"`` is the default, as in cifar-cpu.yaml: the short comparison favoured it on class
+accuracy after 300 steps at width 16 (0.194 vs 0.098 for ``gn``, benchmarks/gan_recipes.py).
+``gn`` (per-sample GroupNorm) keeps a sample independent of its batch: compare both at full length.
+Measured on 1 thread: 0.56 (GN) / 0.58 (BN) CPU-s per step (batch 64, width 32): 2,800 steps ~ 27 CPU-min.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from fedgen.metrics.fid import images_digest
 from fedgen.models import cgan
 from fedgen.tasks.image.gan import Images
 
-CPU_CONFIG = cgan.GanConfig(nz=128, ngf=32, ndf=32, norm="gn", aux_classifier=True)
-CPU_RECIPE = Recipe(steps=1500)
+CPU_CONFIG = cgan.GanConfig(nz=128, ngf=32, ndf=32, norm="bn", aux_classifier=True)  # = cifar-cpu.yaml
+CPU_RECIPE = Recipe(steps=2800)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""The image task: conditional DCGAN, LoRA on transposed convs, a tiny federated GAN on real CIFAR-10."""
+"""The image task: the conditional GAN backbone, LoRA on transposed convs, the federated GAN objective,
+FedPer keys, a tiny federated GAN on real CIFAR-10 with its per-client view, and `fedgen fid`."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from fedgen.cli import main
 from fedgen.config import ConfigError, config_from_dict
 from fedgen.experiment import Experiment
 from fedgen.fl.client import Client, ClientData, LocalTrainConfig
+from fedgen.gan_pretrain import generator_loss
+from fedgen.models import cgan
 from fedgen.models.conv_lora import LoraConvTranspose2d, add_generator_lora, load_image_adapter
-from fedgen.models.dcgan import GanConfig, build_gan, count, load_gan, save_gan
 from fedgen.models.lora import save_adapter
 from fedgen.models.params import ParamSet
 from fedgen.run import run_experiment
@@ -23,7 +25,7 @@ from fedgen.rundir import read_state
 from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, stratified_labels
 from fedgen.tasks.image.task import fedper_gan_personal_keys, generator_blocks
 
-SMALL = GanConfig(nz=16, ngf=8, ndf=8)
+SMALL = cgan.GanConfig(nz=16, ngf=8, ndf=8)
 
 
 def _noise(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,21 +42,21 @@ def _random_images(n: int, seed: int = 0) -> Images:
 
 
 def test_paper_width_gan_has_about_15m_parameters_and_a_01m_rank4_adapter():
-    gan = build_gan(GanConfig(ngf=100, ndf=100), 0)
-    assert count(gan.generator) == 7_820_500 and count(gan.discriminator) == 6_432_801
-    assert 13e6 < count(gan) < 16e6
+    gan = cgan.build(cgan.GanConfig(nz=128, ngf=100, ndf=100, norm="bn"), 0)
+    assert cgan.count(gan.generator) == 8_204_103 and cgan.count(gan.discriminator) == 7_161_711
+    assert 14.5e6 < cgan.count(gan) < 16e6  # 15,365,814 (configs/cifar-paper.yaml)
     adapter = ParamSet(add_generator_lora(gan, r=4, alpha=8), "lora")
-    assert adapter.numel() == 102_252  # sum over the 4 transposed convs of in*r*k*k + r*out
+    assert adapter.numel() == 104_044  # sum over the 4 transposed convs of in*r*k*k + r*out
     assert all(".generator." in k for k in adapter.params)
 
 
 def test_generator_output_is_32x32_rgb_in_tanh_range():
-    x = build_gan(SMALL, 0).generator(*_noise())
+    x = cgan.build(SMALL, 0).generator(*_noise())
     assert x.shape == (6, 3, 32, 32) and x.abs().max() <= 1
 
 
 def test_lora_with_b_zero_leaves_the_generator_output_identical():
-    gan = build_gan(SMALL, 0)
+    gan = cgan.build(SMALL, 0)
     z, y = _noise()
     before = gan.generator(z, y)
     model = add_generator_lora(gan, r=4, alpha=8)
@@ -63,7 +65,7 @@ def test_lora_with_b_zero_leaves_the_generator_output_identical():
 
 
 def test_the_merged_transposed_conv_delta_equals_the_adapter_path():
-    gan = build_gan(SMALL, 0)
+    gan = cgan.build(SMALL, 0)
     model = add_generator_lora(gan, r=2, alpha=4)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -82,7 +84,7 @@ def test_lora_refuses_transposed_convs_it_cannot_merge():
 
 
 def test_adapter_saves_as_a_peft_directory_and_loads_back_with_peft(tmp_path):
-    model = add_generator_lora(build_gan(SMALL, 0), r=2, alpha=4)
+    model = add_generator_lora(cgan.build(SMALL, 0), r=2, alpha=4)
     params = ParamSet(model, "lora")
     with torch.no_grad():
         for p in params.params.values():
@@ -94,31 +96,38 @@ def test_adapter_saves_as_a_peft_directory_and_loads_back_with_peft(tmp_path):
         "adapter_model.safetensors",
         "adapter_config.json",
     }
-    reloaded = load_image_adapter(build_gan(SMALL, 0), tmp_path / "a")
+    reloaded = load_image_adapter(cgan.build(SMALL, 0), tmp_path / "a")
     assert torch.equal(reloaded(z, y), out)
 
 
 def test_gan_checkpoint_round_trip_and_corruption_is_a_clear_error(tmp_path):
-    gan = build_gan(SMALL, 3)
-    save_gan(gan, tmp_path / "g", {"source": "test"})
-    again, meta = load_gan(tmp_path / "g")
+    gan = cgan.build(SMALL, 3)
+    cgan.save(gan, tmp_path / "g", {"source": "test"})
+    again, meta = cgan.load(tmp_path / "g")
     assert meta["architecture"]["ngf"] == 8
     assert all(
         torch.equal(a, b) for a, b in zip(gan.state_dict().values(), again.state_dict().values(), strict=True)
     )
     (tmp_path / "g" / "gan.safetensors").write_bytes(b"garbage")
     with pytest.raises(Exception, match="corrupt"):
-        load_gan(tmp_path / "g")
+        cgan.load(tmp_path / "g")
 
 
-def test_fedper_keeps_the_last_generator_block_and_the_discriminator_head_personal():
-    gan = build_gan(SMALL, 0)
-    keys = list(dict(gan.named_parameters()))
+def test_fedper_personal_keys_are_read_from_the_model_under_spectral_norms_names():
+    gan = cgan.build(SMALL, 0)
+    keys = ParamSet(gan, "full").keys()  # what FedPer exchanges: the model's own parameter names
     personal = fedper_gan_personal_keys(gan, keys, 1)
-    blocks = [("net.0.", "net.1."), ("net.3.", "net.4."), ("net.6.", "net.7."), ("net.9.",)]
+    blocks = [("convs.0.", "norms.0."), ("convs.1.", "norms.1."), ("convs.2.", "norms.2."), ("out.",)]
     assert generator_blocks(gan) == [tuple(f"generator.{p}" for p in b) for b in blocks]  # read from G
-    assert "generator.net.9.weight" in personal and "discriminator.head.weight" in personal
-    assert "generator.net.0.weight" not in personal and "discriminator.features.0.weight" not in personal
+    assert set(personal) <= set(dict(gan.named_parameters()))
+    assert {"generator.out.weight", "generator.out.bias"} <= set(personal)
+    for head in ("lin", "embed", "cls"):  # spectral norm renames D's weights
+        assert f"discriminator.{head}.parametrizations.weight.original" in personal
+    assert not any(k.startswith(("generator.convs.", "discriminator.convs.")) for k in personal)
+    two = fedper_gan_personal_keys(gan, keys, 2)
+    assert "generator.norms.2.gain.weight" in two and "generator.convs.2.weight" in two
+    with pytest.raises(Exception, match="at least one must stay shared"):
+        fedper_gan_personal_keys(gan, keys, 4)
 
 
 # ---------------------------------------------------------------------------------------------- task
@@ -130,7 +139,7 @@ def _task(gan, reset: bool) -> GanObjective:
 
 
 def test_fedgen_local_training_changes_only_generator_lora_and_resets_the_discriminator():
-    gan = build_gan(SMALL, 0)
+    gan = cgan.build(SMALL, 0)
     for p in gan.parameters():
         p.requires_grad_(False)
     frozen = {k: v.clone() for k, v in gan.state_dict().items()}
@@ -152,8 +161,44 @@ def test_fedgen_local_training_changes_only_generator_lora_and_resets_the_discri
     assert torch.equal(client.fit(init, data, seed=1).state[next(iter(init))], res.state[next(iter(init))])
 
 
+def test_a_full_model_session_starts_from_the_pretrained_spectral_norm_vectors():
+    gan = cgan.build(SMALL, 0)
+    pretrained = {k: v.clone() for k, v in gan.discriminator.named_buffers()}
+    assert pretrained and all("parametrizations" in k for k in pretrained)  # u/v: D's only buffers
+    task = GanObjective(
+        nz=SMALL.nz,
+        num_classes=10,
+        discriminator_init=None,  # full-model training: D's weights come with the state
+        d_lr=2e-4,
+        betas=(0.0, 0.999),
+        discriminator_buffers=pretrained,
+    )
+    with torch.no_grad():
+        for b in gan.discriminator.buffers():  # as another client's session left them
+            b.add_(1.0)
+    task.begin_local(gan, dict(gan.named_parameters()), LocalTrainConfig(1, 8, 1e-3))
+    for k, b in gan.discriminator.named_buffers():
+        assert torch.equal(b, pretrained[k]), k
+
+
+def test_the_federated_generator_step_is_the_pretraining_loss():
+    gan = cgan.build(SMALL, 0)
+    task = _task(gan, reset=True)
+    batch = _random_images(8)
+    d0 = {k: v.clone() for k, v in gan.discriminator.state_dict().items()}
+    torch.manual_seed(0)
+    ours = task.loss(gan, batch)
+    gan.discriminator.load_state_dict(d0)  # (a training forward moves spectral norm's power iteration)
+    torch.manual_seed(0)  # the same draws: noise, then the augmentation seed
+    z = torch.randn(8, SMALL.nz)
+    aug = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+    want = generator_loss(gan.discriminator, gan.generator(z, batch.y), batch.y, aug, task.diffaug, 1.0)
+    assert task.diffaug == "color,translation,cutout" and task.ac_weight == 1.0
+    assert torch.equal(ours, want)
+
+
 def test_full_model_training_trains_both_networks():
-    gan = build_gan(SMALL, 0)
+    gan = cgan.build(SMALL, 0)
     params = ParamSet(gan, "full")
     task = _task(gan, reset=False)
     client = Client(task, params, LocalTrainConfig(1, 8, 1e-3, betas=(0.5, 0.999)))
@@ -166,6 +211,14 @@ def test_full_model_training_trains_both_networks():
 def test_stratified_labels_follow_the_class_histogram():
     y = stratified_labels(np.array([3.0, 0, 1, 0, 0, 0, 0, 0, 0, 0]), 8)
     assert y.tolist() == [0, 0, 0, 0, 0, 0, 2, 2]
+
+
+def test_the_kid_reference_of_a_client_is_the_largest_subset_with_its_class_mix():
+    from fedgen.tasks.image.metrics import mixture_subset
+
+    labels = np.repeat(np.arange(3), 20)  # 20 reference images per class
+    idx = mixture_subset(labels, np.array([6.0, 3.0, 0.0]))
+    assert np.bincount(labels[idx], minlength=3).tolist() == [20, 10, 0] and len(set(idx)) == len(idx)
 
 
 def test_class_mixture_reference_matches_the_moments_of_the_resampled_set():
@@ -238,12 +291,78 @@ def test_a_tiny_federated_gan_on_real_cifar10_writes_metrics_grids_and_a_report(
     g, c = s["fid"]["global"], s["fid"]["clients"]
     assert g["n"] == 40 and c["n"] == 40 and c["samples_per_client"] == 10 and c["models"] == "personalized"
     assert all(np.isfinite(x) for x in (g["fid"], g["kid"], c["fid_all"], c["fid_avg"]))
-    assert "not comparable to Inception FID" in (path / "report.md").read_text()
+    report = (path / "report.md").read_text()
+    assert "not comparable to Inception FID" in report
+    assert (
+        json.loads((Path(s["backbone"]["path"]) / "fedgen_gan.json").read_text())["arch"] == "cgan-sn-proj-v1"
+    )
+    view = s["fid"]["per_client"]  # global vs personalized generator on each client's own class mix
+    assert view["models"] == ["global", "personalized"] and view["samples_per_client"] == 10
+    assert set(view["clients"]) == {str(k) for k in range(4)}
+    for v in view["clients"].values():
+        for who in ("global", "personalized"):
+            assert 0 <= v[who]["class_acc"] <= 1 and np.isfinite(v[who]["kid"])
+    for key in ("class_acc", "kid"):
+        assert set(view[key]["personalized"]) == {"mean", "median", "p10", "p90"}
+    assert 0 <= view["class_acc_improved_share"] <= 1 and 0 <= view["kid_improved_share"] <= 1
+    assert "## Per-client view: global vs personalized generator" in report
+    assert set(s["grids"]) == {"global", "client_000"} and "![client_000](samples/client_000.png)" in report
     assert "jpeg" in s["backbone"]["data_source"]
     for png in s["grids"].values():
         assert (path / "samples" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [0, 1, 2] and "local_test_fdc" in metrics[-1]
+
+
+def test_fedgen_fid_recomputes_a_finished_runs_inception_figures(
+    finished_image, image_root, cifar_root, capsys
+):
+    path, _ = finished_image
+    run = image_root / "fid-run"
+    if not run.exists():
+        import shutil
+
+        shutil.copytree(path, run)
+    assert main(["fid", str(run), "--n", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    fid = json.loads((run / "fid.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert fid["global"]["n"] == 20 and fid["clients"]["samples_per_client"] == 5
+    assert summary["fid"] == fid and "per_client" in fid and "N=20" in out
+    assert "N=20" in (run / "report.md").read_text()
+
+
+def test_the_backbone_cache_key_follows_the_recipe_and_a_killed_pretraining_resumes(
+    image_root, cifar_root, tmp_path
+):
+    from fedgen.gan_pretrain import pretrain
+    from fedgen.models.cgan import load
+    from fedgen.tasks.image.backbone import gan_config, gan_recipe
+    from fedgen.tasks.image.data import splits
+    from fedgen.tasks.image.task import ImageTask
+
+    raw = tiny_image_raw(tmp_path, cifar_root)
+    task = ImageTask(config_from_dict(raw))
+    base = task.backbone_path()
+    assert base.parent == tmp_path / "backbones"
+    for section, key, value in [
+        ("image", "norm", "gn"),
+        ("image", "ema_decay", 0.99),
+        ("pretrain", "steps", 17),
+    ]:
+        changed = tiny_image_raw(tmp_path, cifar_root)
+        changed[section][key] = value
+        assert ImageTask(config_from_dict(changed)).backbone_path() != base, key
+    data = task.data()
+    public, _ = splits(task.cfg, data)
+    x, y = data.train_x[public], data.train_y[public]
+    pretrain(x, y, gan_config(task.cfg), gan_recipe(task.cfg), base / "pretrain", stop_at=7, progress=False)
+    assert (base / "pretrain" / "checkpoint.pt").is_file()  # "killed" after step 7 of 16
+    gan, meta = load(task.pretrain(base, progress=False))
+    assert meta["steps"] == 16 and not (base / "pretrain").exists()
+    whole = pretrain(x, y, gan_config(task.cfg), gan_recipe(task.cfg), progress=False)
+    for k, v in whole.ema.module.state_dict().items():
+        assert torch.equal(gan.generator.state_dict()[k], v), k
 
 
 def test_image_resume_after_a_kill_gives_bit_identical_adapters_and_metrics(

@@ -1,4 +1,4 @@
-"""``fedgen`` command line: run | compare | reproduce | pretrain | generate | report | export | data."""
+"""``fedgen`` command line: run | compare | reproduce | pretrain | generate | fid | report | export | data."""
 
 from __future__ import annotations
 
@@ -136,6 +136,15 @@ def cmd_export(args) -> int:
 
     out = export(args.run, args.out, args.client)
     print(f"exported to {out} (see {out}/fedgen_export.json)")
+    return 0
+
+
+def cmd_fid(args) -> int:
+    from fedgen.run import recompute_fid
+
+    table, written = recompute_fid(args.run_dir, args.n, progress=not args.quiet)
+    print(table)
+    print(f"\nwritten: {', '.join(written)}")
     return 0
 
 
@@ -310,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--run", required=True, help="run dir, compare dir, or suite dir (fedgen reproduce --out)"
     )
     rp.set_defaults(func=cmd_report)
+
+    fd = sub.add_parser("fid", help="Inception FID/KID of a finished image run's saved generators")
+    fd.add_argument("run_dir")
+    fd.add_argument("--n", type=int, help="samples per model set (default: the run's image.fid_samples)")
+    fd.add_argument("--quiet", action="store_true", help="no progress bars")
+    fd.set_defaults(func=cmd_fid)
 
     ex = sub.add_parser(
         "export", help="merge a run's global (or a client's personalized) model into a plain checkpoint"

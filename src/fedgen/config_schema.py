@@ -63,15 +63,27 @@ class AdapterConfig:
 
 @dataclass
 class ImageConfig:
-    """Image task: conditional DCGAN backbone, its training and the image metrics."""
+    """Image task: the conditional GAN backbone (:mod:`fedgen.models.cgan`), its pre-training
+    recipe (with ``pretrain.steps / batch_size / lr / seed``), the GAN steps and the image metrics."""
 
     backbone: str = "auto"  # "auto" (pre-trained by ``fedgen pretrain``) | directory of a saved GAN
-    nz: int = field(default=100, metadata=_range(1, 4096))
-    ngf: int = field(default=100, metadata=_range(1, 4096))
-    ndf: int = field(default=100, metadata=_range(1, 4096))
+    nz: int = field(default=128, metadata=_range(1, 4096))
+    ngf: int = field(default=100, metadata=_range(1, 4096))  # generator width
+    ndf: int = field(default=100, metadata=_range(1, 4096))  # discriminator width
     embed_dim: int = field(default=10, metadata=_range(1, 4096))
-    beta1: float = field(default=0.5, metadata=_range(0.0, 1.0))  # Adam beta1 (DCGAN: 0.5)
-    d_lr: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))  # null = fl.lr
+    # Generator normalisation: "bn" = BatchNorm on batch statistics, "gn" = per-sample GroupNorm.
+    norm: Literal["bn", "gn"] = "bn"
+    # AC-GAN class-loss weight, in pre-training and federated GAN steps (0 = projection D only).
+    ac_weight: float = field(default=1.0, metadata=_range(0.0, 100.0))
+    diffaug: str = "color,translation,cutout"  # DiffAugment policy ("" = none), on every image D sees
+    ema_decay: float = field(default=0.999, metadata=_range(0.0, 1.0))  # pre-training EMA of G
+    n_dis: int = field(default=1, metadata=_range(1, 10))  # pre-training D steps per G step
+    # Pre-training D learning rate (TTUR; null = 2 x pretrain.lr, the G rate).
+    pretrain_d_lr: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))
+    beta1: float = field(default=0.0, metadata=_range(0.0, 1.0))  # Adam beta1 of every GAN step (SNGAN: 0)
+    d_lr: float | None = field(
+        default=None, metadata=_range(0.0, 1.0, lo_open=True)
+    )  # federated D; null = fl.lr
     eval_samples: int = field(default=1000, metadata=_range(10, None))  # per-round FD-classifier
     local_samples: int = field(default=100, metadata=_range(10, None))  # per client, local FD-classifier
     fid_samples: int = field(default=10000, metadata=_range(10, None))  # final Inception FID / KID

@@ -22,16 +22,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from fedgen.fl.client import derive_seed
 from fedgen.metrics.fid import frechet_distance_to
 from fedgen.models import cgan
-from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, to_float
+
+if TYPE_CHECKING:
+    from fedgen.tasks.image.gan import Images
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -60,6 +64,44 @@ class PretrainResult:
     wall_seconds: float  # training time summed over resumed pieces
     cpu_seconds: float  # process CPU time of the same (= compute when other processes share the cores)
     history: list[dict] = field(default_factory=list)
+
+
+def augment(images: torch.Tensor, gen: torch.Generator, policy: str) -> torch.Tensor:
+    """DiffAugment with ``policy`` ("" = none), drawing its randomness from ``gen``."""
+    return cgan.diff_augment(images, gen, policy) if policy else images
+
+
+def discriminator_loss(
+    D: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    labels: torch.Tensor,
+    gen: torch.Generator,
+    diffaug: str,
+    ac_weight: float,
+) -> torch.Tensor:
+    """Hinge loss on augmented real and fake images + ``ac_weight`` x the AC class loss on the real ones."""
+    d_real, c_real = D(augment(real, gen, diffaug), labels, with_class_logits=True)
+    loss = cgan.d_hinge(d_real, D(augment(fake, gen, diffaug), labels))
+    if ac_weight > 0 and c_real is not None:
+        loss = loss + ac_weight * F.cross_entropy(c_real, labels)
+    return loss
+
+
+def generator_loss(
+    D: nn.Module,
+    fake: torch.Tensor,
+    labels: torch.Tensor,
+    gen: torch.Generator,
+    diffaug: str,
+    ac_weight: float,
+) -> torch.Tensor:
+    """Hinge generator loss on augmented fakes + ``ac_weight`` x the AC class loss on them."""
+    d_fake, c_fake = D(augment(fake, gen, diffaug), labels, with_class_logits=True)
+    loss = cgan.g_hinge(d_fake)
+    if ac_weight > 0 and c_fake is not None:
+        loss = loss + ac_weight * F.cross_entropy(c_fake, labels)
+    return loss
 
 
 def recipe_key(config: cgan.GanConfig, recipe: Recipe, data_id: str) -> str:
@@ -101,6 +143,8 @@ def pretrain(
     (checkpointed), as a kill would: tests and time-sliced runs. ``cpu_limit`` ends it once this
     call has used that many seconds of process CPU time (recipe comparisons at equal compute).
     """
+    from fedgen.tasks.image.gan import to_float  # imported here: tasks.image.gan imports this module
+
     x = torch.as_tensor(np.ascontiguousarray(x))
     y = torch.as_tensor(np.asarray(y, dtype=np.int64))
     if len(x) < recipe.batch_size:
@@ -121,7 +165,7 @@ def pretrain(
         step, ema.updates, wall, history = st["step"], st["ema_updates"], st["wall"], st["history"]
         cpu = st.get("cpu", 0.0)
     end = recipe.steps if stop_at is None else min(stop_at, recipe.steps)
-    use_ac = config.aux_classifier and recipe.ac_weight > 0
+    ac = recipe.ac_weight if config.aux_classifier else 0.0
 
     def checkpoint() -> None:
         if ckpt is None:
@@ -142,9 +186,6 @@ def pretrain(
             ckpt,
         )
 
-    def aug(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return cgan.diff_augment(images, gen, recipe.diffaug) if recipe.diffaug else images
-
     gan.train()
     bar = tqdm(total=recipe.steps, initial=step, desc="pretrain cGAN", disable=not progress, smoothing=0.05)
     t0 = time.perf_counter()
@@ -157,18 +198,13 @@ def pretrain(
             real, labels = to_float(x[idx]), y[idx]
             with torch.no_grad():
                 fake = G(torch.randn(len(idx), config.nz, generator=gen), labels)
-            d_real, c_real = D(aug(real, gen), labels, with_class_logits=True)
-            loss_d = cgan.d_hinge(d_real, D(aug(fake, gen), labels))
-            if use_ac:
-                loss_d = loss_d + recipe.ac_weight * F.cross_entropy(c_real, labels)
+            loss_d = discriminator_loss(D, real, fake, labels, gen, recipe.diffaug, ac)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
         D.requires_grad_(False)
-        d_fake, c_fake = D(aug(G(torch.randn(len(idx), config.nz, generator=gen), labels), gen), labels, True)
-        loss_g = cgan.g_hinge(d_fake)
-        if use_ac:
-            loss_g = loss_g + recipe.ac_weight * F.cross_entropy(c_fake, labels)
+        fake = G(torch.randn(len(idx), config.nz, generator=gen), labels)
+        loss_g = generator_loss(D, fake, labels, gen, recipe.diffaug, ac)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -224,6 +260,8 @@ def evaluate(generator, classifier, test: Images, n: int = 1000, seed: int = 0) 
     in batches of 100, as every run scores its models); ``fdc_mixed``/``acc_mixed`` draw the same
     labels in shuffled order (matters only for a batch-statistics generator: ``norm="bn"``).
     """
+    from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective
+
     generator.eval()
     feats = classifier.features(test.x.numpy())
     ref = ClassMixtureReference(feats, test.y.numpy(), 10)

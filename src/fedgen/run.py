@@ -17,7 +17,9 @@ Run directory layout::
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fedgen.config import Config, load_config, save_config
@@ -103,13 +105,22 @@ def run_experiment(
     if outcome.final_state is not None:
         write_state(rd.path / "global", outcome.final_state, exp.peft_model)
     global_state = outcome.final_state if exp.spec.has_global else None  # FedPer's is only the shared part
-    has_clients = (rd.path / "clients").is_dir()
-    personal = (lambda k: saved_model_state(exp, rd.path, k, True)) if has_clients else None
+    personal = saved_models(exp, rd.path)[1]
     extra = exp.task.finish(exp, rd.path, global_state, personal, progress)
     summary = {**make_summary(exp, rd, outcome.personalization, clock.seconds()), **extra}
     rd.write_json("summary.json", summary)
     exp.task.report.write_report(rd.path, summary, rd.read_metrics(), outcome.personalization)
     return summary
+
+
+def saved_models(exp: Experiment, run_dir: Path) -> tuple[State | None, Callable[[int], State] | None]:
+    """A finished run's global state (None where the algorithm has no global model) and
+    ``personal(k)``: client k's deployed state (None where the run kept no client models)."""
+    has_global = exp.spec.has_global and (run_dir / "global").is_dir()
+    global_state = saved_model_state(exp, run_dir) if has_global else None
+    if not (run_dir / "clients").is_dir():
+        return global_state, None
+    return global_state, lambda k: saved_model_state(exp, run_dir, k, True)
 
 
 def saved_model_state(
@@ -132,3 +143,27 @@ def saved_model_state(
         if part.is_dir():
             state.update(read_state(part))
     return state
+
+
+def recompute_fid(run_dir: str | Path, n: int | None = None, progress: bool = True) -> tuple[str, list[str]]:
+    """``fedgen fid``: the task's Inception FID/KID of a finished run's saved models on ``n`` samples
+    per model set, written to ``fid.json`` and into summary.json + report.md. Returns (table, files)."""
+    rd = RunDir(Path(run_dir))
+    if not (rd.path / "config.yaml").is_file():
+        raise FedgenError(f"{rd.path} is not a run directory (no config.yaml)")
+    exp = Experiment.build(load_config(rd.path / "config.yaml"), progress=False)
+    fid_of = getattr(exp.task, "fid", None)
+    if fid_of is None:
+        raise FedgenError(f"the {exp.cfg.task} task has no FID")
+    global_state, personal = saved_models(exp, rd.path)
+    if global_state is None and personal is None:
+        raise FedgenError(f"{rd.path} holds no saved model (is the run finished?)")
+    fid = fid_of(exp, global_state, personal, n, progress=progress)
+    rd.write_json("fid.json", fid)
+    if not (rd.path / "summary.json").is_file():
+        return json.dumps({k: v for k, v in fid.items() if k != "per_client"}, indent=2), ["fid.json"]
+    summary = {**rd.read_json("summary.json"), "fid": fid}
+    rd.write_json("summary.json", summary)
+    pers = rd.read_json("personalization.json") if (rd.path / "personalization.json").is_file() else None
+    exp.task.report.write_report(rd.path, summary, rd.read_metrics(), pers)
+    return exp.task.report.result_table(summary), ["fid.json", "summary.json", "report.md"]

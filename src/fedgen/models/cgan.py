@@ -1,14 +1,15 @@
 """Conditional GAN backbone for 32x32 RGB (CIFAR-10) that trains on CPU from a small public slice.
 
-Same shape as :mod:`fedgen.models.dcgan` (a conditional generator made of transposed convolutions,
-a discriminator with a class projection), with the pieces that make small conditional GANs train:
+The image task's backbone (it replaced a plain conditional DCGAN with BCE loss, whose samples were
+colour blobs): a conditional generator made of transposed convolutions and a discriminator with a
+class projection, with the pieces that make small conditional GANs train:
 
 * **Generator** ``[z, embed(y)]`` (a 1x1 "image") -> ConvT 4x4 (-> 4 px) -> 2 x ConvT 4x4 stride 2
-  (-> 8, 16 px; widths 8, 4, 2 x ngf) -> ConvT 4x4 stride 2 to RGB (32 px) -> tanh: the layout of
-  :mod:`fedgen.models.dcgan` (a 32x32 hidden layer + 3x3 output conv was measured ~30% slower on CPU
-  and dropped). Each hidden layer is followed by a
-  *class-conditional* normalisation ``norm(h) * (1 + gain[y]) + bias[y]`` (gain/bias: embeddings,
-  zero-initialised) and ReLU. Every convolution is a plain ``nn.ConvTranspose2d`` / ``nn.Conv2d``
+  (-> 8, 16 px; widths 8, 4, 2 x ngf) -> ConvT 4x4 stride 2 to RGB (32 px) -> tanh: the DCGAN
+  layout (a 32x32 hidden layer + 3x3 output conv was measured ~30% slower on CPU and dropped).
+  Each hidden layer is followed by a *class-conditional* normalisation
+  ``norm(h) * (1 + gain[y]) + bias[y]`` (gain/bias: embeddings, zero-initialised) and ReLU. Every
+  convolution is a plain ``nn.ConvTranspose2d`` / ``nn.Conv2d``
   (groups = 1, dilation = 1, output_padding = 0), so :func:`fedgen.models.conv_lora.add_generator_lora`
   puts LoRA on all four.
 * **Normalisation** (``GanConfig.norm``): ``"gn"`` = GroupNorm without affine parameters (per sample:
@@ -133,7 +134,7 @@ class Discriminator(nn.Module):
 
 
 class CondGAN(nn.Module):
-    """Generator + discriminator in one module, so one state dict names both (as ``dcgan.CondGAN``)."""
+    """Generator + discriminator in one module, so one state dict names both."""
 
     def __init__(self, c: GanConfig):
         super().__init__()
@@ -191,12 +192,16 @@ def diff_augment(x: torch.Tensor, gen: torch.Generator, policy: str = "color,tra
     """DiffAugment (differentiable: gradients reach G through it) of float NCHW images in [-1, 1]."""
     b, _, h, w = x.shape
     ops = [p for p in policy.split(",") if p]
+
+    def rand() -> torch.Tensor:  # drawn on the CPU generator, used where x lives
+        return torch.rand(b, 1, 1, 1, generator=gen).to(x.device)
+
     if "color" in ops:
-        x = x + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+        x = x + (rand() - 0.5)
         m = x.mean(1, keepdim=True)
-        x = (x - m) * (torch.rand(b, 1, 1, 1, generator=gen) * 2) + m
+        x = (x - m) * (rand() * 2) + m
         m = x.mean((1, 2, 3), keepdim=True)
-        x = (x - m) * (torch.rand(b, 1, 1, 1, generator=gen) + 0.5) + m
+        x = (x - m) * (rand() + 0.5) + m
     if "translation" in ops:  # shift by up to 1/8 of the size, zero fill
         s = int(h * 0.125 + 0.5)
         dy = torch.randint(-s, s + 1, (b, 1, 1), generator=gen)
@@ -204,14 +209,15 @@ def diff_augment(x: torch.Tensor, gen: torch.Generator, policy: str = "color,tra
         rows = (torch.arange(h)[None, :, None] + dy + s).expand(b, h, w)
         cols = (torch.arange(w)[None, None, :] + dx + s).expand(b, h, w)
         padded = F.pad(x, (s, s, s, s))
-        x = padded[torch.arange(b)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+        idx = [t.to(x.device) for t in (torch.arange(b)[:, None, None], rows, cols)]
+        x = padded[idx[0], :, idx[1], idx[2]].permute(0, 3, 1, 2)
     if "cutout" in ops:  # zero a square of half the size at a random centre
         k = int(h * 0.5 + 0.5)
         cy = torch.randint(0, h + (1 - k % 2), (b, 1, 1), generator=gen) - k // 2
         cx = torch.randint(0, w + (1 - k % 2), (b, 1, 1), generator=gen) - k // 2
         ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
         cut = (ys >= cy) & (ys < cy + k) & (xs >= cx) & (xs < cx + k)
-        x = x * (~cut)[:, None].to(x.dtype)
+        x = x * (~cut)[:, None].to(x.device, x.dtype)
     return x
 
 

@@ -5,20 +5,24 @@ The image task's :class:`~fedgen.tasks.base.Objective`:
 (:func:`fedgen.fl.client.local_train`), ``evaluate`` scores a model, ``generate`` samples.
 
 One local GAN step = one discriminator step (``begin_local``'s callable, run by the loop
-before each generator step) + one generator step (``loss``: the non-saturating loss
-``softplus(-D(G(z, y), y))`` on the batch's real labels, so a client's generator is trained
-on its own class mix). What the generator step trains is the algorithm's parameter set
-(the generator's LoRA tensors, or the whole generator); the discriminator is trained with
-its own AdamW.
+before each generator step) + one generator step (``loss``), with the pre-training's losses
+(:func:`fedgen.gan_pretrain.discriminator_loss` / :func:`~fedgen.gan_pretrain.generator_loss`:
+hinge, DiffAugment on every image D sees, the AC class loss) on the batch's real labels, so a
+client's generator is trained on its own class mix. What the generator step trains is the
+algorithm's parameter set (the generator's LoRA tensors, or the whole generator); the
+discriminator is trained with its own AdamW. Augmentation randomness comes from the loop's
+seeded global RNG (one draw per step), so sessions are deterministic.
 
 **Discriminator policy (federation).** The discriminator never leaves the device. With a
 LoRA algorithm (FedGen-Edge, Ditto, Local, Central-LoRA) every local training session starts
-from the *pretrained* discriminator (``reset_discriminator``), trains it alongside the
+from the *pretrained* discriminator (``discriminator_init``), trains it alongside the
 generator adapter and discards it: clients stay stateless, which is what cross-device FL
 assumes (a client is sampled about once every 1/C rounds and may never return), memory
 does not grow with K, and resume needs no per-client state. Full-model algorithms follow
 their own definition: FedAvg-full and Central-full train and average both networks;
-FedPer keeps its personal layers of both on the client.
+FedPer keeps its personal layers of both on the client. Either way a session starts from the
+pretrained spectral-norm power-iteration vectors (D's buffers, not exchanged), so a session
+does not depend on which client ran before it in the same process.
 
 **Evaluation.** Samples are drawn in fixed batches from fixed seeds (the generator's
 BatchNorm uses batch statistics), labels stratified to a target class histogram, and
@@ -36,10 +40,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedgen.device import device_of
+from fedgen.gan_pretrain import discriminator_loss, generator_loss
 from fedgen.metrics.fid import frechet_distance_to
 
 
@@ -82,8 +86,13 @@ def stratified_labels(hist: np.ndarray, n: int) -> torch.Tensor:
     return torch.from_numpy(np.repeat(np.arange(len(p)), counts))
 
 
+def _step_generator() -> torch.Generator:
+    """A CPU generator for one step's augmentation, seeded from the (seeded) global RNG."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+
+
 def gan_of(model: nn.Module) -> nn.Module:
-    """The :class:`~fedgen.models.dcgan.CondGAN` inside a PEFT wrapper (or the model itself)."""
+    """The :class:`~fedgen.models.cgan.CondGAN` inside a PEFT wrapper (or the model itself)."""
     return model.base_model.model if hasattr(model, "base_model") else model
 
 
@@ -119,6 +128,9 @@ class GanObjective:
         discriminator_init: dict[str, torch.Tensor] | None,
         d_lr: float,
         betas: tuple[float, float],
+        diffaug: str = "color,translation,cutout",
+        ac_weight: float = 1.0,
+        discriminator_buffers: dict[str, torch.Tensor] | None = None,
         classifier=None,
         reference: ClassMixtureReference | None = None,
         eval_samples: int = 1000,
@@ -127,7 +139,8 @@ class GanObjective:
     ):
         self.nz, self.num_classes = nz, num_classes
         self.discriminator_init = discriminator_init  # None: the discriminator is part of the state
-        self.d_lr, self.betas = d_lr, betas
+        self.discriminator_buffers = discriminator_buffers  # the pretrained spectral-norm vectors
+        self.d_lr, self.betas, self.diffaug, self.ac_weight = d_lr, betas, diffaug, ac_weight
         self.classifier, self.reference = classifier, reference
         self.eval_samples, self.local_samples, self.sample_batch = eval_samples, local_samples, sample_batch
 
@@ -166,6 +179,10 @@ class GanObjective:
         d = gan_of(model).discriminator
         if self.discriminator_init is not None:
             d.load_state_dict(self.discriminator_init)
+        elif self.discriminator_buffers is not None:
+            with torch.no_grad():
+                for k, b in d.named_buffers():
+                    b.copy_(self.discriminator_buffers[k])
         params = list(d.parameters())
         opt = torch.optim.AdamW(params, lr=self.d_lr, betas=self.betas, weight_decay=cfg.weight_decay)
         gen = gan_of(model).generator
@@ -177,7 +194,7 @@ class GanObjective:
             real, y = to_float(batch.x).to(dev), batch.y.to(dev)
             with torch.no_grad():
                 fake = gen(torch.randn(len(batch), self.nz).to(dev), y)
-            loss = F.softplus(-d(real, y)).mean() + F.softplus(d(fake, y)).mean()
+            loss = discriminator_loss(d, real, fake, y, _step_generator(), self.diffaug, self.ac_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -188,11 +205,11 @@ class GanObjective:
         return d_step
 
     def loss(self, model: nn.Module, batch: Images) -> torch.Tensor:
-        """Non-saturating generator loss on the batch's labels."""
+        """The pre-training's generator loss (hinge + AC, on augmented fakes) on the batch's labels."""
         gan = gan_of(model)
         dev, y = device_of(gan), batch.y.to(device_of(gan))
         fake = gan.generator(torch.randn(len(batch), self.nz).to(dev), y)
-        return F.softplus(-gan.discriminator(fake, y)).mean()
+        return generator_loss(gan.discriminator, fake, y, _step_generator(), self.diffaug, self.ac_weight)
 
     # -- generation ---------------------------------------------------------------------
     @torch.no_grad()

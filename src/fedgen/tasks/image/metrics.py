@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fedgen.data.cifar10 import CIFAR10, CLASSES
 from fedgen.fl.client import derive_seed
@@ -45,21 +47,67 @@ def _score(feats, labels, ref: dict, cls_pred, kid_subset) -> dict:
     }
 
 
-def final_image_metrics(exp, cifar: CIFAR10, global_state: State | None, personal) -> dict:
+def mixture_subset(labels: np.ndarray, hist: np.ndarray) -> np.ndarray:
+    """Indices of the largest subset of a labelled reference set whose class counts follow ``hist``
+    (without replacement: the first images of each class)."""
+    p = np.asarray(hist, dtype=np.float64) / np.sum(hist)
+    avail = np.bincount(labels, minlength=len(p))
+    total = int(min(avail[c] / p[c] for c in np.flatnonzero(p > 0)))
+    counts = np.bincount(stratified_labels(p, total).numpy(), minlength=len(p))
+    return np.concatenate([np.flatnonzero(labels == c)[: counts[c]] for c in range(len(p))])
+
+
+def _view_stats(view: dict[str, dict], who: str, key: str) -> dict:
+    """Mean, median, p10, p90 (inclusive quantiles: they stay within the values, e.g. accuracies)."""
+    v = sorted(x[who][key] for x in view.values())
+    q = statistics.quantiles(v, n=10, method="inclusive") if len(v) > 1 else [v[0]] * 9
+    return {"mean": statistics.fmean(v), "median": statistics.median(v), "p10": q[0], "p90": q[-1]}
+
+
+def per_client_view(view: dict[str, dict], per: int) -> dict:
+    """``summary.json``'s per-client view: each client's figures, their distribution per model and
+    the share of clients whose personalized generator beats the global one."""
+    whos = [w for w in ("global", "personalized") if all(w in v for v in view.values())]
+    out: dict = {
+        "samples_per_client": per,
+        "kid_reference": "CIFAR-10 test reference re-weighted to the client's test class mix",
+        "models": whos,
+        "clients": view,
+        "class_acc": {w: _view_stats(view, w, "class_acc") for w in whos},
+        "kid": {w: _view_stats(view, w, "kid") for w in whos},
+    }
+    if len(whos) == 2:
+        n = len(view)
+        out["class_acc_improved_share"] = (
+            sum(v["personalized"]["class_acc"] > v["global"]["class_acc"] for v in view.values()) / n
+        )
+        out["kid_improved_share"] = (
+            sum(v["personalized"]["kid"] < v["global"]["kid"] for v in view.values()) / n
+        )
+    return out
+
+
+def final_image_metrics(
+    exp, cifar: CIFAR10, global_state: State | None, personal, n: int | None = None, progress: bool = False
+) -> dict:
     """Inception FID / KID (+ class accuracy) of the global model and of the clients' own models.
 
-    * ``global``: ``fid_samples`` class-balanced samples of the global model vs the test reference.
-    * ``clients``: each client with a test split draws ``fid_samples / K`` samples from the model it
-      would deploy (its personalized one, else the global one) with its test split's class mix.
+    * ``global``: ``n`` (default ``image.fid_samples``) class-balanced samples of the global model
+      vs the test reference.
+    * ``clients``: each client with a test split draws ``n / K`` samples from the model it would
+      deploy (its personalized one, else the global one) with its test split's class mix.
       ``fid_all`` pools them vs the whole test reference; ``fid_avg`` is the mean over clients of
       the FID of its own samples vs the test reference re-weighted to its classes (small n per
       client: strongly biased upwards, comparable only between runs with the same n).
+    * ``per_client``: for every client, the global and the personalized generator (where the
+      algorithm has them) on the same labels and noise: class accuracy of the samples (the
+      evaluation classifier) and KID against the test reference re-weighted to the client's mix.
     """
     cfg, task = exp.cfg, exp.objective
     ref, ref_labels = inception_reference(cfg, cifar)
     mixture = ClassMixtureReference(ref["feats"], ref_labels, len(CLASSES))
     inception = InceptionFeatures()
-    n = cfg.image.fid_samples
+    n = n or cfg.image.fid_samples
     out: dict = {
         "extractor": INCEPTION_LABEL,
         "reference": f"CIFAR-10 test, {len(ref_labels)} class-balanced images ({cifar.source})",
@@ -80,17 +128,24 @@ def final_image_metrics(exp, cifar: CIFAR10, global_state: State | None, persona
     if not clients or (global_state is None and personal is None):
         return out
     per = max(2, n // len(clients))
-    feats, labels, preds, per_client = [], [], [], []
-    for k in clients:
-        exp.params.load(personal(k) if personal is not None else global_state)
+    feats, labels, preds, per_client, view = [], [], [], [], {}
+    for k in tqdm(clients, desc="per-client FID/KID", disable=not progress):
         hist = task.histogram(exp.data[k].test.y)
         y = stratified_labels(hist, per)
-        imgs = task.generate(exp.params.model, y, seed=derive_seed(cfg.seed, "fid-client", k) % 2**31)
-        f = inception(imgs)
-        feats.append(f)
-        labels.append(y.numpy())
-        preds.append(task.classifier.predict(imgs))
-        per_client.append(frechet_distance_to(f, *mixture.stats(hist)))
+        ref_k = ref["feats"][mixture_subset(ref_labels, hist)]
+        models = [("global", global_state), ("personalized", personal(k) if personal else None)]
+        view[str(k)] = {}
+        for who, state in [(w, s) for w, s in models if s is not None]:
+            exp.params.load(state)  # the same labels and noise for both models: a paired comparison
+            imgs = task.generate(exp.params.model, y, seed=derive_seed(cfg.seed, "fid-client", k) % 2**31)
+            f, pred = inception(imgs), task.classifier.predict(imgs)
+            k_mean, _ = kid(f, ref_k, num_subsets=50, subset_size=cfg.image.kid_subset, seed=0)
+            view[str(k)][who] = {"class_acc": float((pred == y.numpy()).mean()), "kid": k_mean}
+            if who == ("personalized" if personal is not None else "global"):  # the deployed model
+                feats.append(f)
+                labels.append(y.numpy())
+                preds.append(pred)
+                per_client.append(frechet_distance_to(f, *mixture.stats(hist)))
     out["clients"] = {
         "models": "personalized" if personal is not None else "global",
         **_score(
@@ -105,6 +160,7 @@ def final_image_metrics(exp, cifar: CIFAR10, global_state: State | None, persona
         "samples_per_client": per,
     }
     out["clients"]["fid_all"] = out["clients"].pop("fid")
+    out["per_client"] = per_client_view(view, per)
     return out
 
 

@@ -64,7 +64,53 @@ def result_table(s: dict) -> str:
                 f"{c['fid_all']:.2f} / {c['fid_avg']:.2f} / {c['kid']:.4f}; class acc {c['class_acc']:.3f}",
             )
         )
+    view = fid.get("per_client") or {}
+    for who in view.get("models", []):
+        acc, kid, per = view["class_acc"][who], view["kid"][who], view["samples_per_client"]
+        rows.append(
+            (
+                f"Per client, {who} generator on the client's class mix ({per}/client)",
+                f"class acc {acc['mean']:.3f} (p10 {acc['p10']:.3f}, p90 {acc['p90']:.3f}); "
+                f"KID {kid['mean']:.4f} (p10 {kid['p10']:.4f}, p90 {kid['p90']:.4f})",
+            )
+        )
     return common.table(rows, s, upload)
+
+
+def per_client_section(view: dict | None, max_rows: int = 30) -> list[str]:
+    """The per-client view: global vs personalized generator on each client's own class mix."""
+    if not view or not view.get("clients"):
+        return []
+    whos = view["models"]
+    lines = [
+        "## Per-client view: global vs personalized generator",
+        "",
+        f"Each client's test class mix, {view['samples_per_client']} samples per client and model (the same "
+        "labels and noise for both models). Class accuracy: the evaluation classifier's accuracy on the "
+        f"samples (higher is better). KID (lower is better): against the {view['kid_reference']}.",
+        "",
+        "| figure | " + " | ".join(f"{w}: mean / median / p10 / p90" for w in whos) + " |",
+        "|---|" + "---|" * len(whos),
+    ]
+    for key, nd in (("class_acc", 3), ("kid", 4)):
+        cells = [
+            " / ".join(f"{view[key][w][q]:.{nd}f}" for q in ("mean", "median", "p10", "p90")) for w in whos
+        ]
+        lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    if "class_acc_improved_share" in view:
+        lines += [
+            "",
+            f"Personalized beats global for {view['class_acc_improved_share']:.0%} of clients on class "
+            f"accuracy and {view['kid_improved_share']:.0%} on KID.",
+        ]
+    clients = view["clients"]
+    if len(clients) <= max_rows:
+        head = " | ".join(f"{w} acc | {w} KID" for w in whos)
+        lines += ["", f"| client | {head} |", "|---|" + "---|---|" * len(whos)]
+        for k, v in clients.items():
+            cells = " | ".join(f"{v[w]['class_acc']:.3f} | {v[w]['kid']:.4f}" for w in whos)
+            lines.append(f"| {k} | {cells} |")
+    return [*lines, ""]
 
 
 def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
@@ -103,11 +149,12 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
         "",
     ]
     parts += common.personalization_section(pers, f"{FD_CLASSIFIER_LABEL} per client, lower is better", "it")
+    parts += per_client_section((summary.get("fid") or {}).get("per_client"))
     if plot:
         parts += ["## Convergence", "", f"![convergence]({plot.name})", ""]
     grids = summary.get("grids") or {}
     if grids:
-        parts += ["## Samples (rows: classes 0-9, 10 samples each)", ""]
+        parts += ["## Samples (one row per class 0-9, 10 samples each; same noise for every model)", ""]
         parts += [f"**{name}**\n\n![{name}](samples/{png})\n" for name, png in grids.items()]
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))

@@ -2,10 +2,12 @@
 
 Data: a public slice of CIFAR-10 train (the backbone's pre-training data, held by no client)
 and a label-Dirichlet(alpha) partition of the rest (:mod:`fedgen.tasks.image.data`). Backbone:
-a conditional DCGAN pre-trained on the public slice (:mod:`fedgen.tasks.image.backbone`).
-Adapters: LoRA on the generator's (transposed) convolutions. Objective: GAN steps with a
-device-local discriminator (:mod:`fedgen.tasks.image.gan`). Outputs: Inception FID / KID and
-sample grids (:mod:`fedgen.tasks.image.metrics`).
+the conditional GAN of :mod:`fedgen.models.cgan` pre-trained on the public slice with the recipe of
+:mod:`fedgen.gan_pretrain` (:mod:`fedgen.tasks.image.backbone`). Adapters: LoRA on the generator's
+(transposed) convolutions. Objective: the pre-training's GAN losses with a device-local
+discriminator (:mod:`fedgen.tasks.image.gan`). Outputs: Inception FID / KID, the per-client view
+(global vs personalized generator on each client's class mix) and sample grids
+(:mod:`fedgen.tasks.image.metrics`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedgen.data.cifar10 import CLASSES, load_cifar10
+from fedgen.data.cifar10 import CIFAR10, CLASSES, load_cifar10
 from fedgen.errors import ConfigError, FedgenError
 from fedgen.fl.client import ClientData
+from fedgen.models import cgan
 from fedgen.models.conv_lora import add_generator_lora, generator_conv_names
-from fedgen.models.dcgan import count, load_gan
 from fedgen.tasks.base import TaskSetup
 from fedgen.tasks.image import report
+from fedgen.tasks.image.backbone import backbone_dir, pretrain_gan
 from fedgen.tasks.image.data import evaluation_classifier, images, load_image_partition, splits
 from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, gan_of
 
@@ -34,20 +37,17 @@ if TYPE_CHECKING:
 
 
 def generator_blocks(gan: nn.Module) -> list[tuple[str, ...]]:
-    """The generator's blocks, read from its structure: each (transposed) convolution starts a block
-    that also holds the parameterised layers after it (e.g. its BatchNorm). Key prefixes per block."""
-    blocks: list[list[str]] = []
-    for name, module in gan_of(gan).generator.net.named_children():
-        if isinstance(module, (nn.ConvTranspose2d, nn.Conv2d)):
-            blocks.append([])
-        if blocks and any(True for _ in module.parameters(recurse=False)):
-            blocks[-1].append(f"generator.net.{name}.")
-    return [tuple(b) for b in blocks]
+    """The generator's blocks, read from its structure: each hidden (transposed) convolution with the
+    class-conditional norm after it, then the output convolution. Module-name prefixes per block."""
+    g = gan_of(gan).generator
+    blocks = [(f"generator.convs.{i}.", f"generator.norms.{i}.") for i in range(len(g.convs))]
+    return [*blocks, ("generator.out.",)]
 
 
 def fedper_gan_personal_keys(gan: nn.Module, keys: list[str], personal_blocks: int) -> list[str]:
-    """FedPer on the conditional GAN: the generator's last ``personal_blocks`` blocks and the
-    discriminator's head (output conv + class projection)."""
+    """FedPer on the conditional GAN: the parameters of the generator's last ``personal_blocks`` blocks
+    and of the discriminator's heads (unconditional, projection, AC), named as the model names them
+    (spectral norm stores D's weights as ``...parametrizations.weight.original``)."""
     blocks = generator_blocks(gan)
     if not 1 <= personal_blocks < len(blocks):
         raise FedgenError(
@@ -55,8 +55,12 @@ def fedper_gan_personal_keys(gan: nn.Module, keys: list[str], personal_blocks: i
             "at least one must stay shared"
         )
     prefixes = tuple(p for b in blocks[len(blocks) - personal_blocks :] for p in b)
-    prefixes += ("discriminator.head.", "discriminator.embed.")
-    return [k for k in keys if k.startswith(prefixes)]
+    prefixes += ("discriminator.lin.", "discriminator.embed.", "discriminator.cls.")
+    personal = [n for n, _ in gan_of(gan).named_parameters() if n.startswith(prefixes)]
+    missing = sorted(set(personal) - set(keys))
+    if missing:
+        raise FedgenError(f"FedPer: personal parameters {missing[:3]} are not among the exchanged keys")
+    return [k for k in keys if k in set(personal)]
 
 
 class ImageTask:
@@ -67,7 +71,7 @@ class ImageTask:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.cifar = None  # the loaded CIFAR-10 arrays, once setup() ran
+        self.cifar: CIFAR10 | None = None  # loaded on first use (data())
 
     @staticmethod
     def check_config(cfg: Config) -> None:
@@ -77,34 +81,24 @@ class ImageTask:
             )
 
     # -- backbone ------------------------------------------------------------------------------
-    def backbone_path(self) -> Path:
-        """``image.backbone``, or the cache slot ``fedgen pretrain`` fills for this architecture + recipe."""
-        cfg = self.cfg
-        if cfg.image.backbone != "auto":
-            return Path(cfg.image.backbone)
-        import hashlib
-        import json
+    def data(self) -> CIFAR10:
+        """CIFAR-10 (loaded and verified once)."""
+        if self.cifar is None:
+            self.cifar = load_cifar10(self.cfg.data.dir)
+        return self.cifar
 
-        raw = cfg.to_dict()
-        recipe = {
-            "image": {k: raw["image"][k] for k in ("nz", "ngf", "ndf", "embed_dim", "beta1")},
-            "pretrain": {
-                k: raw["pretrain"][k] for k in ("steps", "batch_size", "lr", "weight_decay", "seed")
-            },
-            "public_fraction": cfg.data.public_fraction,
-        }
-        key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-        i = cfg.image
-        return Path(cfg.output.root) / "backbones" / f"gan-z{i.nz}-g{i.ngf}-d{i.ndf}-{key}"
+    def backbone_path(self) -> Path:
+        """``image.backbone``, or the cache slot keyed by a digest of architecture + recipe + data."""
+        if self.cfg.image.backbone != "auto":
+            return Path(self.cfg.image.backbone)
+        return backbone_dir(self.cfg, self.data())
 
     @staticmethod
     def backbone_ready(path: Path) -> bool:
-        return (path / "fedgen_gan.json").is_file()
+        return (path / cgan.GAN_META).is_file() and (path / cgan.GAN_FILE).is_file()
 
     def pretrain(self, out: Path, progress: bool = True) -> Path:
-        from fedgen.tasks.image.backbone import pretrain_gan
-
-        return pretrain_gan(self.cfg, out, progress)
+        return pretrain_gan(self.cfg, self.data(), out, progress)
 
     def ensure_backbone(self, progress: bool = True) -> Path:
         path = self.backbone_path()
@@ -121,25 +115,25 @@ class ImageTask:
     # -- experiment parts ----------------------------------------------------------------------
     def setup(self, trains: str, progress: bool = True) -> TaskSetup:
         cfg, i = self.cfg, self.cfg.image
-        data = self.cifar = load_cifar10(cfg.data.dir)
+        data = self.data()
         path = self.ensure_backbone(progress)
-        gan, meta = load_gan(path)
+        gan, meta = cgan.load(path)
         for p in gan.parameters():
             p.requires_grad_(False)
         _, pool = splits(cfg, data)
         part = load_image_partition(cfg, data.train_y[pool])
         classifier = evaluation_classifier(cfg, data, progress)
         reference = ClassMixtureReference(classifier.features(data.test_x), data.test_y, len(CLASSES))
+        d_state = {k: v.clone() for k, v in gan.discriminator.state_dict().items()}
         objective = GanObjective(
-            nz=i.nz,
+            nz=gan.config.nz,
             num_classes=len(CLASSES),
-            discriminator_init=(
-                {k: v.clone() for k, v in gan.discriminator.state_dict().items()}
-                if trains == "lora"
-                else None
-            ),
+            discriminator_init=d_state if trains == "lora" else None,
             d_lr=i.d_lr or cfg.fl.lr,
             betas=(i.beta1, 0.999),
+            diffaug=i.diffaug,
+            ac_weight=i.ac_weight if gan.config.aux_classifier else 0.0,
+            discriminator_buffers={k: v.clone() for k, v in gan.discriminator.named_buffers()},
             classifier=classifier,
             reference=reference,
             eval_samples=i.eval_samples,
@@ -170,10 +164,11 @@ class ImageTask:
             backbone={
                 "source": meta.get("source"),
                 "path": str(path),
-                "params": count(gan),
+                "params": cgan.count(gan),
                 "params_split": meta.get("params"),
                 "architecture": meta.get("architecture"),
                 "pretrain": meta.get("pretrain"),
+                "recipe": meta.get("recipe"),
                 "data_source": data.source,
                 "classifier": classifier.meta,
             },
@@ -200,16 +195,21 @@ class ImageTask:
     def finish(
         self, exp: Experiment, run_dir: Path, global_state: State | None, personal, progress: bool = True
     ) -> dict:
-        """Inception FID/KID of the global and the clients' models, and the sample grids."""
-        from fedgen.tasks.image.metrics import final_image_metrics, sample_grids
+        """Inception FID/KID and the per-client view of the global and the clients' models, sample grids."""
+        from fedgen.tasks.image.metrics import sample_grids
 
-        if self.cifar is None:
-            raise FedgenError("ImageTask.finish needs setup() first")
-        if progress:
-            print(f"final metrics: Inception FID/KID on {self.cfg.image.fid_samples} samples per model set")
-        fid = final_image_metrics(exp, self.cifar, global_state, personal)
         grids = sample_grids(exp, run_dir, global_state, personal)
-        return {"fid": fid, "grids": grids}
+        return {"fid": self.fid(exp, global_state, personal, progress=progress), "grids": grids}
+
+    def fid(self, exp: Experiment, global_state: State | None, personal, n: int | None = None, progress=True):
+        """Inception FID/KID (global, FID-all, FID-avg) and the per-client view on ``n`` samples per
+        model set (default ``image.fid_samples``); also ``fedgen fid RUN_DIR`` on a finished run."""
+        from fedgen.tasks.image.metrics import final_image_metrics
+
+        n = n or self.cfg.image.fid_samples
+        if progress:
+            print(f"final metrics: Inception FID/KID on {n} samples per model set")
+        return final_image_metrics(exp, self.data(), global_state, personal, n, progress)
 
     def generate(self, exp: Experiment, run_dir: Path, who: str, opts: Any) -> str:
         from fedgen.tasks.image.metrics import save_grid
@@ -223,6 +223,6 @@ class ImageTask:
     def describe_partition(self) -> str:
         import json
 
-        data = load_cifar10(self.cfg.data.dir)
+        data = self.data()
         part = load_image_partition(self.cfg, data.train_y[splits(self.cfg, data)[1]])
         return json.dumps(part.stats["summary"], indent=2)
