@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 
 from fedgen.fl.algorithms import ClientLogic
@@ -16,6 +16,8 @@ class InProcessRuntime:
 
     With ``store``, the clients' kept states (FedPer, Ditto) live in that on-disk
     :class:`~fedgen.runtime.store.ClientStore` instead of memory (what they held so far is moved there).
+    ``upload(result, global_state, round)``: what a client does to its result before sending it
+    (e.g. DP clipping, :func:`fedgen.fl.server.client_update`).
     """
 
     def __init__(
@@ -25,8 +27,10 @@ class InProcessRuntime:
         seed: int,
         progress=None,
         store: ClientStore | None = None,
+        upload: Callable[[FitResult, State, int], FitResult] | None = None,
     ):
         self.client, self.data, self.seed, self.progress, self.store = client, data, seed, progress, store
+        self.upload = upload
         if store is not None:
             store.update(client.kept)
             client.kept = store
@@ -43,7 +47,8 @@ class InProcessRuntime:
             limit = limits.get(k)
             with self.client.client.limit_steps(limit) if limit is not None else nullcontext():
                 seed = derive_seed(self.seed, "fit", rnd, k)
-                results.append(self.client.fit(state, self.data[k], seed))
+                res = self.client.fit(state, self.data[k], seed)
+            results.append(res if self.upload is None else self.upload(res, state, rnd))
             if self.progress is not None:
                 self.progress.update(1)
         if self.store is not None:

@@ -11,19 +11,29 @@ Kept client states (FedPer, Ditto) live in each node's :class:`~fedgen.runtime.s
 The reply also carries the client's new kept state (``kept``) so that the server can evaluate
 personalized models and checkpoint them as the in-process runtime does; it is counted apart
 (``flower_kept_mirror_bytes``), not as upload, and is an evaluation aid, not part of the protocol.
+
+With ``secagg`` (``flower.secagg.enabled``) the runtime is *secure*: the server loop calls
+:meth:`FlowerRuntime.fit_secure`, which runs one round of Flower's SecAgg+ workflow
+(:func:`fedgen.runtime.flower.secagg.secure_round`) and returns only the weighted mean of the
+clients' changes, with their n_k and metrics.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedgen.errors import FedgenError, UpdateError
 from fedgen.fl.client import FitResult
+from fedgen.fl.server import SecureRound
 from fedgen.models.params import State
 from fedgen.runtime.flower.records import from_arrays, payload_bytes, to_arrays
+
+log = logging.getLogger("fedgen")
 
 
 class FlowerRuntime:
@@ -37,8 +47,13 @@ class FlowerRuntime:
         round_timeout: float = 600.0,
         wait_nodes: float = 120.0,
         mirror_kept: dict[int, State] | None = None,
+        secagg: Any = None,
+        context: Context | None = None,
+        max_weight: float = 1.0,
     ):
         self.grid, self.num_clients, self.mirror_kept = grid, num_clients, mirror_kept
+        self.secagg, self.context, self.max_weight = secagg, context, max_weight
+        self.secure = secagg is not None and secagg.enabled
         self.round_timeout, self.wait_nodes = round_timeout, wait_nodes
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self._asked: set[int] = set()
@@ -79,6 +94,27 @@ class FlowerRuntime:
                     "--node-config partition-id=K)"
                 )
             time.sleep(0.5)
+
+    def fit_secure(self, state: State, client_ids: list[int], rnd: int) -> SecureRound:
+        """One SecAgg+ round: the server gets the clients' weighted mean change, never one update."""
+        from fedgen.runtime.flower.secagg import secure_round
+
+        self.discover(list(range(self.num_clients)) if not self.node_of else client_ids)
+        assert self.context is not None, "secure aggregation needs the ServerApp's context"
+        clients = {self.node_of[k]: k for k in client_ids}
+        res = secure_round(
+            self.grid, self.context, state, clients, rnd, self.secagg, self.max_weight, self.round_timeout
+        )
+        for r in res.rejected:
+            log.warning("round %d: client %s refused its own update: %s", rnd, r["client"], r["reason"])
+        lost = sorted(
+            set(client_ids) - {r.client_id for r in res.accepted} - {r["client"] for r in res.rejected}
+        )
+        if lost:
+            log.warning("round %d: no SecAgg+ reply from client(s) %s", rnd, lost)
+        self.last_round = res.bytes
+        upload = int(res.bytes["secagg_masked_up_bytes"])
+        return SecureRound(res.accepted, res.rejected, res.mean_change, upload)
 
     def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]:
         self.discover(list(range(self.num_clients)) if not self.node_of else client_ids)
