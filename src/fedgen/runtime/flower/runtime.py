@@ -95,6 +95,17 @@ class FlowerRuntime:
                 )
             time.sleep(0.5)
 
+    @staticmethod
+    def _read(reply: Message, expected: int | None) -> FitResult:
+        """A train reply as a FitResult (raises on an error reply or a malformed one)."""
+        if reply.has_error():
+            raise UpdateError(reply.error.reason)
+        m = dict(reply.content["metrics"])
+        k, n = int(m.pop("client")), int(m.pop("num-examples"))
+        if expected is not None and k != expected:
+            raise UpdateError(f"reply for client {expected} claims to be client {k}")
+        return FitResult(k, from_arrays(reply.content["arrays"]), n, m)
+
     def fit_secure(self, state: State, client_ids: list[int], rnd: int) -> SecureRound:
         """One SecAgg+ round: the server gets the clients' weighted mean change, never one update."""
         from fedgen.runtime.flower.secagg import secure_round
@@ -130,21 +141,31 @@ class FlowerRuntime:
             for k in client_ids
         ]
         replies = list(self.grid.send_and_receive(msgs, timeout=self.round_timeout))
+        client_of = {m.metadata.message_id: k for m, k in zip(msgs, client_ids, strict=True)}
         results, up, mirrored = [], 0, 0
         for r in replies:
-            if r.has_error():
-                raise UpdateError(f"round {rnd} node {r.metadata.src_node_id}: {r.error.reason}")
-            m = dict(r.content["metrics"])
-            k, n = int(m.pop("client")), int(m.pop("num-examples"))
+            k = client_of.get(r.metadata.reply_to_message_id)
+            try:
+                res = self._read(r, k)
+            except Exception as e:  # a failed, lost or malformed client: the server loop's min_clients rule
+                why = r.error.reason if r.has_error() else f"malformed reply ({type(e).__name__}: {e})"
+                log.warning("round %d: client %s sent no usable update, the round goes on: %s", rnd, k, why)
+                continue
             up += payload_bytes(r.content["arrays"])
-            results.append(FitResult(k, from_arrays(r.content["arrays"]), n, m))
+            results.append(res)
             if self.mirror_kept is not None and "kept" in r.content.array_records:
-                self.mirror_kept[k] = from_arrays(r.content["kept"])
+                self.mirror_kept[res.client_id] = from_arrays(r.content["kept"])
                 mirrored += payload_bytes(r.content["kept"])
-        missing = sorted(set(client_ids) - {r.client_id for r in results})
+        answered = {m.metadata.reply_to_message_id for m in replies}
+        missing = sorted(
+            k for m, k in zip(msgs, client_ids, strict=True) if m.metadata.message_id not in answered
+        )
         if missing:
-            raise FedgenError(
-                f"round {rnd}: no reply from client(s) {missing} within {self.round_timeout:.0f} s"
+            log.warning(
+                "round %d: no reply from client(s) %s within %.0f s, the round goes on without them",
+                rnd,
+                missing,
+                self.round_timeout,
             )
         self.last_round = {
             "flower_payload_down_bytes": payload_bytes(arrays) * len(client_ids),
