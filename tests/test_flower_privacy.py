@@ -63,6 +63,9 @@ def test_secagg_needs_a_flower_runtime_and_client_side_dp(tmp_path):
         config_from_dict(raw)
     raw["dp"] = {"mode": "client"}
     assert config_from_dict(raw).dp.mode == "client"
+    raw["algorithm"] = {"name": "fedper"}
+    with pytest.raises(ConfigError, match="fedper keeps per-client states"):
+        config_from_dict(raw)
 
 
 def test_privacy_defaults_leave_the_result_key_unchanged_and_count_when_on(tmp_path):
@@ -131,6 +134,26 @@ def test_central_dp_averages_the_clipped_changes_with_uniform_weights():
     # so the uniform mean is the unit vector, whatever the clients' n_k
     unit = 1 / math.sqrt(17)
     assert all(torch.allclose(out[k], torch.full_like(REF[k], unit)) for k in REF)
+
+
+def test_under_secure_aggregation_the_client_runs_the_servers_checks_on_its_own_update():
+    from fedgen.config_schema import DPConfig
+    from fedgen.fl.server import client_update
+
+    policy = RoundPolicy(client_sizes={3: 10}, clip_norm=2.0)
+    nan = FitResult(3, {"a": torch.full((3, 4), float("nan")), "b": torch.zeros(5)}, 10)
+    assert client_update(nan, REF, 1, policy, secure=True) == (
+        None,
+        "round 1 client 3: a contains NaN or Inf",
+    )
+    too_many = FitResult(3, dict(REF), 11)
+    assert "holds 10 training examples" in client_update(too_many, REF, 1, policy, secure=True)[1]
+    big = FitResult(3, {"a": torch.full((3, 4), 5.0), "b": torch.zeros(5)}, 10)
+    sent, reason = client_update(big, REF, 1, policy, secure=True)
+    assert reason is None and float(sent.state["a"].norm()) == pytest.approx(2.0)  # fl.clip_norm
+    assert client_update(big, REF, 1, policy, secure=False)[0] is big  # not secure: the server checks
+    dp = RoundPolicy(dp=DPConfig(mode="client", clipping_norm=0.5))
+    assert float(client_update(big, REF, 1, dp, secure=False)[0].state["a"].norm()) == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------- SecAgg+

@@ -196,6 +196,13 @@ def _privacy_checks(cfg: Config) -> None:
                 f"config fl.aggregator: {f.aggregator} needs each client's update, but under "
                 "flower.secagg the server only receives their sum; use fedavg"
             )
+        from fedgen.registry import algorithm
+
+        if algorithm(cfg.algorithm.name).personalized == "kept":
+            raise ConfigError(
+                f"config algorithm.name: {cfg.algorithm.name} keeps per-client states, which the "
+                "server mirrors for evaluation; not with flower.secagg"
+            )
         if dp.mode == "central":
             raise ConfigError(
                 "config dp.mode: central clipping needs each client's update, but under "

@@ -73,7 +73,7 @@ class CountingGrid(Grid):
 
     def __init__(self, inner: Grid):
         self.inner = inner
-        self.down = self.up = self.masked_up = 0
+        self.down = self.up = self.masked_up = self.state_down = 0
         self.replies: list[Message] = []  # every reply that reached the server (what it saw)
 
     def set_run(self, run):  # pragma: no cover - delegation
@@ -98,6 +98,9 @@ class CountingGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
         messages = list(messages)
         self.down += sum(content_bytes(m.content) for m in messages)
+        self.state_down += sum(
+            len(a.data) for m in messages for r in m.content.array_records.values() for a in r.values()
+        )
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         for r in replies:
             self.replies.append(r)
@@ -216,7 +219,8 @@ def secure_round(
             "flower_payload_down_bytes": counting.down,
             "flower_payload_up_bytes": counting.up,
             "secagg_masked_up_bytes": counting.masked_up,
-            "secagg_protocol_bytes": counting.down + counting.up - counting.masked_up,
+            # keys, encrypted shares, unmasking shares: all but the global state and the masked vectors
+            "secagg_protocol_bytes": counting.down - counting.state_down + counting.up - counting.masked_up,
             "flower_fit_seconds": round(time.perf_counter() - t0, 3),
         },
     )
