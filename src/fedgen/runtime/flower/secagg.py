@@ -2,8 +2,9 @@
 
 Server (:func:`secure_round`): one round of Flower's SecAgg+ workflow. The workflow speaks the
 legacy ``Strategy`` API, so :class:`_RoundStrategy` hands it the round's sampled clients (their
-nodes) and collects what it passes to ``aggregate_fit``: the unmasked *sum* and each client's
-plain ``num_examples`` and metrics. Every message is counted on the way (:class:`CountingGrid`).
+nodes) and collects what it passes to ``aggregate_fit``: the unmasked weighted mean (the only
+parameters it ever decodes) and each client's plain ``num_examples`` and metrics. Every message
+is counted on the way (:class:`CountingGrid`).
 
 Client (:func:`secagg_when_asked`, then the ClientApp's ``train``): the mod runs the protocol's
 four stages; in the masking stage it calls ``train``, which trains, runs the server's checks on
