@@ -66,6 +66,10 @@ def test_secagg_needs_a_flower_runtime_and_client_side_dp(tmp_path):
     raw["algorithm"] = {"name": "fedper"}
     with pytest.raises(ConfigError, match="fedper keeps per-client states"):
         config_from_dict(raw)
+    raw["algorithm"] = {"name": "fedgen"}
+    raw["devices"] = {"enabled": True}
+    with pytest.raises(ConfigError, match="devices.enabled: simulated devices are not combined"):
+        config_from_dict(raw)
 
 
 def test_privacy_defaults_leave_the_result_key_unchanged_and_count_when_on(tmp_path):

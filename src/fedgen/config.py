@@ -198,6 +198,8 @@ def _privacy_checks(cfg: Config) -> None:
             )
         from fedgen.registry import algorithm
 
+        if cfg.devices.enabled:
+            raise ConfigError("config devices.enabled: simulated devices are not combined with flower.secagg")
         if algorithm(cfg.algorithm.name).personalized == "kept":
             raise ConfigError(
                 f"config algorithm.name: {cfg.algorithm.name} keeps per-client states, which the "
