@@ -8,7 +8,7 @@ process over Flower's protobuf (:class:`fedgen.runtime.flower.inline.InlineGrid`
 only what SecAgg+ adds is timed. Reported: max |B - A|, its bound m * (2c/Q) / sum(n_k / max n),
 protobuf bytes per round of (B) against plain messages carrying the same states, and seconds.
 
-    python benchmarks/secagg.py [--params 24576] [--clients 5] [--out benchmarks/results/secagg.json]
+    python benchmarks/secagg.py [--params 8192] [--clients 5] [--out benchmarks/results/secagg.json]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def client_app(changes: dict[int, dict], sizes: dict[int, int]) -> ClientApp:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=int, default=24576, help="adapter parameters (demo: 24576)")
+    ap.add_argument("--params", type=int, default=8192, help="adapter parameters (configs/demo.yaml: 8192)")
     ap.add_argument("--clients", type=int, default=5)
     ap.add_argument("--std", type=float, default=0.01, help="std of each change's entries")
     ap.add_argument("--repeats", type=int, default=3)
