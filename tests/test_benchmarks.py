@@ -81,3 +81,18 @@ def test_overhead_benchmark_tiny(pretrain_root: Path, tmp_path: Path) -> None:
     assert saved["ratio"] > 0
     assert saved["goal"] == 1.03
     assert saved["max_abs_diff"] <= 1e-6
+
+
+def test_secagg_benchmark_tiny(tmp_path: Path, monkeypatch) -> None:
+    """One SecAgg+ round on 3 tiny synthetic changes: within its stated bound, the JSON written."""
+    pytest.importorskip("flwr")
+    spec = importlib.util.spec_from_file_location("secagg_benchmark", ROOT / "benchmarks" / "secagg.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "secagg.json"
+    argv = ["secagg.py", "--params", "64", "--clients", "3", "--repeats", "1", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    mod.main()
+    r = json.loads(out.read_text())
+    assert 0 < r["max_abs_diff_vs_fedavg"] <= r["bound"]
+    assert r["wire_bytes_per_round_secagg"] > r["wire_bytes_per_round_plain"] > 0

@@ -183,7 +183,44 @@ def _cross_checks(cfg: Config) -> None:
             )
         if dev.stragglers == "partial" and cfg.runtime != "in-process":
             raise ConfigError("config devices.stragglers: partial work needs runtime: in-process")
+    _privacy_checks(cfg)
     task_class(cfg.task).check_config(cfg)
+
+
+def _privacy_checks(cfg: Config) -> None:
+    """SecAgg+ and DP: what they can be combined with (one clear line each)."""
+    sa, dp, f = cfg.flower.secagg, cfg.dp, cfg.fl
+    if sa.enabled:
+        if cfg.runtime == "in-process":
+            raise ConfigError("config flower.secagg: SecAgg+ needs runtime: flower-sim or flower-deploy")
+        if f.aggregator != "fedavg":
+            raise ConfigError(
+                f"config fl.aggregator: {f.aggregator} needs each client's update, but under "
+                "flower.secagg the server only receives their sum; use fedavg"
+            )
+        from fedgen.registry import algorithm
+
+        if cfg.devices.enabled:
+            raise ConfigError("config devices.enabled: simulated devices are not combined with flower.secagg")
+        if algorithm(cfg.algorithm.name).personalized == "kept":
+            raise ConfigError(
+                f"config algorithm.name: {cfg.algorithm.name} keeps per-client states, which the "
+                "server mirrors for evaluation; not with flower.secagg"
+            )
+        if dp.mode == "central":
+            raise ConfigError(
+                "config dp.mode: central clipping needs each client's update, but under "
+                "flower.secagg the server only receives their sum; use dp.mode: client"
+            )
+        for name in ("num_shares", "reconstruction_threshold"):
+            v = getattr(sa, name)
+            if v > 1 and v != int(v):
+                raise ConfigError(f"config flower.secagg.{name}: a count (> 1) must be whole, got {v}")
+    if dp.mode != "off" and f.aggregator != "fedavg":
+        raise ConfigError(
+            f"config fl.aggregator: dp.mode {dp.mode} calibrates its noise to a (uniform) mean; "
+            f"use fedavg, not {f.aggregator}"
+        )
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

@@ -183,6 +183,23 @@ class OutputConfig:
 
 
 @dataclass
+class SecAggConfig:
+    """Flower's SecAgg+ over the adapter update (``flower.secagg``; Flower runtimes only).
+
+    The server receives only the n_k-weighted sum of the clients' updates (state - global), each
+    quantized to ``quantization_range`` levels over [-clipping_range, clipping_range]; a share of
+    ``reconstruction_threshold`` of the ``num_shares`` neighbours (a fraction of the sampled
+    clients when < 1) must answer to unmask. Defaults: Flower's ``SecAggPlusWorkflow``'s.
+    """
+
+    enabled: bool = False
+    num_shares: float = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
+    reconstruction_threshold: float = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
+    clipping_range: float = field(default=8.0, metadata=_range(0.0, None, lo_open=True))
+    quantization_range: int = field(default=2**22, metadata=_range(2, 2**30))
+
+
+@dataclass
 class FlowerConfig:
     """Flower runtimes (``runtime: flower-sim | flower-deploy``; see ``fedgen deploy --help``)."""
 
@@ -193,6 +210,25 @@ class FlowerConfig:
     client_cpus: float = field(
         default=1.0, metadata=_range(0.0, None, lo_open=True)
     )  # flower-sim, per client
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+
+
+@dataclass
+class DPConfig:
+    """Differential privacy of the federated rounds (DP-FedAvg, McMahan et al. 2018), with
+    Flower's clipping and noise functions (``flwr.supercore.differential_privacy``).
+
+    ``central``: the server clips each update's change to ``clipping_norm``; ``client``: each
+    client clips its own (before SecAgg+ masking). Either way the server averages the clipped
+    changes with uniform weights (the noise is calibrated to a uniform mean) and adds Gaussian
+    noise of std ``noise_multiplier * clipping_norm / m`` to the mean; an RDP accountant
+    records (epsilon, ``delta``) each round.
+    """
+
+    mode: Literal["off", "central", "client"] = "off"
+    noise_multiplier: float = field(default=1.0, metadata=_range(0.0, None))
+    clipping_norm: float = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
+    delta: float = field(default=1e-5, metadata=_range(0.0, 1.0, lo_open=True))
 
 
 @dataclass
@@ -257,6 +293,7 @@ class Config:
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,10 +302,15 @@ class Config:
     def result_digest(self) -> str:
         """Short hash of every setting that can change a run's results: all but the experiment's
         name, its thread count, the runtime and batched clients (they give equal results), where
-        the data is read from and where outputs go."""
+        the data is read from and where outputs go. SecAgg+ (quantized sums) and DP count when enabled."""
         d = self.to_dict()
+        secagg = d["flower"]["secagg"]
         for key in ("name", "threads", "output", "runtime", "flower", "batched_clients"):
             d.pop(key)
+        if secagg["enabled"]:
+            d["secagg"] = secagg
+        if d["dp"]["mode"] == "off":
+            d.pop("dp")
         d["data"].pop("dir")
         if not d["devices"]["enabled"]:
             d.pop("devices")

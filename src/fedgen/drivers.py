@@ -25,12 +25,14 @@ from fedgen.fl.aggregate import first_nonfinite
 from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.client import ClientData, derive_seed
 from fedgen.fl.comm import formula_bytes, num_params
-from fedgen.fl.server import RoundPolicy, RoundRecord, Runtime, federate
+from fedgen.fl.dp import epsilon
+from fedgen.fl.server import RoundPolicy, RoundRecord, Runtime, client_update, clients_per_round, federate
 from fedgen.models.params import State
 from fedgen.rundir import Resume, RunDir, write_state
 from fedgen.runtime.heterogeneous import HeterogeneousRuntime, over_selected_fraction
 from fedgen.runtime.simulate import InProcessRuntime, use_batched
 from fedgen.runtime.store import ClientStore
+from fedgen.summary import privacy_note
 
 log = logging.getLogger("fedgen")
 
@@ -62,6 +64,20 @@ class Clock:
 RuntimeFactory = Callable[[Experiment, ClientLogic], Runtime]
 
 
+def round_policy(exp: Experiment) -> RoundPolicy:
+    """What the server accepts and how it aggregates (the clients run it too under SecAgg+)."""
+    f = exp.cfg.fl
+    return RoundPolicy(
+        f.min_clients,
+        f.max_skipped_rounds,
+        {k: len(d.train) for k, d in exp.data.items()},
+        f.aggregator,
+        f.trim_beta,
+        f.clip_norm,
+        exp.cfg.dp if exp.cfg.dp.mode != "off" else None,
+    )
+
+
 def run_federated(
     exp: Experiment,
     rd: RunDir,
@@ -86,12 +102,22 @@ def run_federated(
     bar = tqdm(total=max(last_round - resume.round, 0), desc=f"{exp.spec.name} rounds", disable=not progress)
     cbar = tqdm(desc="clients", disable=not progress, unit="client", leave=False)
     store = None
+    policy = round_policy(exp)
+    if policy.dp is not None:
+        log.info("dp.mode %s: %s", cfg.dp.mode, privacy_note(cfg)["dp"]["weights"])
+    sample_rate = clients_per_round(f.fraction, cfg.data.num_clients) / cfg.data.num_clients
     if make_runtime is None:
         # Per-client state (FedPer, Ditto) lives on disk, written only when it changes (ClientStore).
         store = ClientStore(rd.path / "client_store") if exp.spec.personalized == "kept" else None
+        upload = None
+        if policy.dp is not None and policy.dp.mode == "client":
+
+            def upload(res, ref, rnd):
+                return client_update(res, ref, rnd, policy, secure=False)[0]
+
         batched = use_batched(cfg.batched_clients, device_of(exp.params.model))
         runtime: Runtime = InProcessRuntime(
-            logic, exp.data, cfg.seed, progress=cbar, store=store, batched=batched
+            logic, exp.data, cfg.seed, progress=cbar, store=store, batched=batched, upload=upload
         )
     else:
         runtime = make_runtime(exp, logic)
@@ -113,6 +139,9 @@ def run_federated(
             "upload_bytes_formula": formula_bytes(upload_params) * rec.received,
             **getattr(runtime, "last_round", {}),
         }
+        if policy.dp is not None:
+            row["dp_epsilon"] = epsilon(cfg.dp.noise_multiplier, sample_rate, rec.round, cfg.dp.delta)
+            row["dp_delta"] = cfg.dp.delta
         final = rec.round == f.rounds
         if exp.spec.has_global and (rec.round % cfg.eval.every == 0 or final):
             row.update(exp.evaluate_global(new_state))
@@ -147,14 +176,7 @@ def run_federated(
         seed=cfg.seed,
         start_round=resume.round + 1,
         on_round_end=on_round_end,
-        policy=RoundPolicy(
-            f.min_clients,
-            f.max_skipped_rounds,
-            {k: len(d.train) for k, d in exp.data.items()},
-            f.aggregator,
-            f.trim_beta,
-            f.clip_norm,
-        ),
+        policy=policy,
     )
     bar.close()
     cbar.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 from fedgen.experiment import Experiment
 from fedgen.fl.comm import formula_bytes
 from fedgen.rundir import RunDir
@@ -32,6 +35,7 @@ SUMMARY_FIELDS = {
     "simulated_seconds_total": "sum of simulated_round_seconds (devices.enabled; else null)",
     "rounds_skipped": "rounds with fewer than fl.min_clients valid updates (global model unchanged)",
     "updates_rejected": "client updates the server refused, by reason: {reason: count}",
+    "privacy": "{secagg: SecAgg+ on?, dp: the dp config, its weights and accountant} (null: not federated)",
     "wall_seconds": "wall time of the run (resumed parts added up)",
     "result_key": "config.result_digest() + results schema: runs with equal keys are comparable",
 }
@@ -62,6 +66,18 @@ NO_UPLOAD = {
     "local": "none: no communication (each client trains alone)",
     "central": "n/a: raw data centralised",
 }
+
+
+def privacy_note(cfg) -> dict[str, Any]:
+    """How a run protects the clients' updates (for summary.json and the log)."""
+    out: dict[str, Any] = {"secagg": cfg.flower.secagg.enabled and cfg.runtime != "in-process"}
+    if cfg.dp.mode != "off":
+        out["dp"] = {
+            **asdict(cfg.dp),
+            "weights": "uniform (DP-FedAvg: the noise is calibrated to a uniform mean of clipped changes)",
+            "accountant": "opacus RDP, sampling rate m/K per round",
+        }
+    return out
 
 
 def result_key(cfg) -> str:
@@ -115,6 +131,7 @@ def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) ->
         f"{local}_personalized_paper_mean": pers["paper_recipe"]["mean"]
         if pers and "paper_recipe" in pers
         else None,
+        "privacy": privacy_note(cfg) if federated else None,
         "wall_seconds": wall,
         "result_key": result_key(cfg),
         "run_dir": str(rd.path),

@@ -2,7 +2,10 @@
 
 The loop is runtime-agnostic: ``runtime.fit(state, client_ids, round)`` returns the
 clients' :class:`~fedgen.fl.client.FitResult` s, whether they ran in this process
-(:mod:`fedgen.runtime.simulate`) or on devices over the network.
+(:mod:`fedgen.runtime.simulate`) or on devices over the network. A runtime with secure
+aggregation (``secure = True``, e.g. Flower's SecAgg+) returns only the sum of the updates
+instead (:class:`SecureRound`), and its clients run the server's checks on their own update
+before masking it (:func:`client_update`).
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from fedgen.errors import FedgenError, UpdateError
 from fedgen.fl.aggregate import clip_update_norm, coordinate_median, fedavg, trimmed_mean, validate_update
 from fedgen.fl.client import FitResult, derive_seed
 from fedgen.fl.comm import serialize
+from fedgen.fl.dp import add_noise, clip_change
 from fedgen.models.params import State
 
 log = logging.getLogger("fedgen")
@@ -26,6 +30,18 @@ log = logging.getLogger("fedgen")
 
 class Runtime(Protocol):
     def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]: ...
+
+
+@dataclass
+class SecureRound:
+    """A round under secure aggregation: each client's n_k and metrics in the clear, its update
+    only inside the sum. ``mean_change``: the n_k-weighted (under DP: uniform) mean of the accepted
+    clients' changes from the global state (None when the protocol did not complete)."""
+
+    accepted: list[FitResult]  # state is {}: the server never holds a client's update
+    rejected: list[dict]
+    mean_change: State | None
+    upload_bytes: int
 
 
 class RoundsSkippedError(FedgenError):
@@ -38,7 +54,9 @@ class RoundPolicy:
     arrive; otherwise it is skipped (global state untouched). ``max_skipped_rounds`` consecutive
     skipped rounds stop the run. ``client_sizes`` (client -> training examples), where the server
     knows them, bound each client's reported n_k. ``aggregator``, ``trim_beta`` and ``clip_norm``
-    choose how the accepted updates are combined (:func:`aggregate`)."""
+    choose how the accepted updates are combined (:func:`aggregate`). ``dp`` (a ``DPConfig``,
+    None = off): DP-FedAvg's clipping (central: here; client: :func:`client_update`), uniform
+    weights and Gaussian noise (:mod:`fedgen.fl.dp`)."""
 
     min_clients: int = 1
     max_skipped_rounds: int = 3
@@ -46,6 +64,7 @@ class RoundPolicy:
     aggregator: str = "fedavg"  # "fedavg" | "fednova" | "median" | "trimmed-mean"
     trim_beta: float = 0.1
     clip_norm: float | None = None
+    dp: Any = None
 
 
 def aggregate(
@@ -64,10 +83,16 @@ def aggregate(
     normalizes each change by the client's local ``steps`` tau_k so that clients that did more
     work (more data, faster devices, no straggler cut) do not pull harder:
     ``reference + tau_eff * sum_k p_k (state_k - reference) / tau_k``, p_k = n_k / sum n,
-    tau_eff = sum_k p_k tau_k (with equal steps this is FedAvg). Pure: modifies nothing.
+    tau_eff = sum_k p_k tau_k (with equal steps this is FedAvg). Under ``dp`` the weights are
+    uniform and, in ``central`` mode, each change is clipped to ``dp.clipping_norm`` here (the
+    noise is added by :func:`federate`). Pure: modifies nothing.
     """
     if policy.clip_norm is not None:
         states = [clip_update_norm(s, reference, policy.clip_norm) for s in states]
+    if policy.dp is not None:
+        weights = [1.0] * len(states)
+        if policy.dp.mode == "central":
+            states = [clip_change(s, reference, policy.dp.clipping_norm) for s in states]
     if policy.aggregator == "fedavg":
         return fedavg(states, weights)
     if policy.aggregator == "fednova":
@@ -175,6 +200,32 @@ def screen(
     return accepted, rejected
 
 
+def client_update(
+    result: FitResult, reference: State, rnd: int, policy: RoundPolicy, secure: bool
+) -> tuple[FitResult | None, str | None]:
+    """What a client uploads: ``(result, None)``, or ``(None, reason)`` when it must not count.
+
+    Under secure aggregation the server cannot look at one update, so the client runs the
+    server's own checks on it before masking: :func:`screen` (keys, shapes, dtypes, NaN/Inf,
+    n_k) and ``clip_norm``. With ``dp.mode: client`` the change is clipped here (Flower's
+    fixed clipping), whatever the runtime.
+    """
+    if secure:
+        accepted, rejected = screen([result], [result.client_id], reference, rnd, policy)
+        if not accepted:
+            return None, rejected[0]["reason"]
+        if policy.clip_norm is not None:
+            result = replace(result, state=clip_update_norm(result.state, reference, policy.clip_norm))
+    if policy.dp is not None and policy.dp.mode == "client":
+        result = replace(result, state=clip_change(result.state, reference, policy.dp.clipping_norm))
+    return result, None
+
+
+def apply_change(reference: State, change: State) -> State:
+    """``reference + change`` per tensor (in float64, cast back to each tensor's dtype)."""
+    return {k: (ref.double() + change[k].double()).to(ref.dtype) for k, ref in reference.items()}
+
+
 def federate(
     runtime: Runtime,
     state: State,
@@ -190,15 +241,23 @@ def federate(
     """Run rounds ``start_round..rounds`` of FedGen-Edge and return the final global adapter.
 
     Bad updates are rejected with a logged reason and the round completes with the rest
-    (:func:`screen`); see :class:`RoundPolicy` for skipped rounds.
+    (:func:`screen`; under secure aggregation the clients screen their own, :func:`client_update`);
+    see :class:`RoundPolicy` for skipped rounds.
     """
     policy = policy or RoundPolicy()
+    secure = bool(getattr(runtime, "secure", False))
     skipped_in_a_row = 0
     for rnd in range(start_round, rounds + 1):
         selected = sample_clients(num_clients, fraction, seed, rnd)
         down = len(serialize(state)) * len(selected)
-        results = sorted(runtime.fit(state, selected, rnd), key=lambda r: r.client_id)
-        accepted, rejected = screen(results, selected, state, rnd, policy)
+        if secure:
+            summed: SecureRound = runtime.fit_secure(state, selected, rnd)  # type: ignore[attr-defined]
+            accepted, rejected = sorted(summed.accepted, key=lambda r: r.client_id), summed.rejected
+            received, upload = len(accepted) + len(rejected), summed.upload_bytes
+        else:
+            results = sorted(runtime.fit(state, selected, rnd), key=lambda r: r.client_id)
+            accepted, rejected = screen(results, selected, state, rnd, policy)
+            received, upload = len(results), sum(_size(r.state) for r in results)
         weights = [r.num_examples for r in accepted]
         skipped = len(accepted) < policy.min_clients
         if skipped:
@@ -208,18 +267,28 @@ def federate(
                 len(accepted),
                 policy.min_clients,
             )
+        elif secure and summed.mean_change is None:
+            log.warning("round %d skipped: secure aggregation did not complete; global model unchanged", rnd)
+            skipped = True
         else:
-            steps = [int(r.metrics.get("steps", 1)) for r in accepted]
-            state = aggregate([r.state for r in accepted], weights, policy, state, steps)
+            if secure:
+                state = apply_change(state, summed.mean_change)
+            else:
+                steps = [int(r.metrics.get("steps", 1)) for r in accepted]
+                state = aggregate([r.state for r in accepted], weights, policy, state, steps)
+            if policy.dp is not None:
+                dp = policy.dp
+                noise_seed = derive_seed(seed, "dp-noise", rnd)
+                state = add_noise(state, dp.noise_multiplier, dp.clipping_norm, len(accepted), noise_seed)
         losses = [r.metrics.get("train_loss") for r in accepted]
         record = RoundRecord(
             round=rnd,
             clients=[] if skipped else [r.client_id for r in accepted],
             num_examples=[] if skipped else weights,
-            upload_bytes=sum(_size(r.state) for r in results),
+            upload_bytes=upload,
             download_bytes=down,
             train_loss=None if skipped else float(np.average(losses, weights=weights)),
-            received=len(results),
+            received=received,
             sampled=selected,
             rejected=rejected,
             skipped=skipped,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 
 import torch
@@ -31,6 +31,8 @@ class InProcessRuntime:
     :class:`~fedgen.runtime.store.ClientStore` instead of memory (what they held so far is moved there).
     With ``batched``, :meth:`fit` trains the clients together (:meth:`fit_many`) where the algorithm
     and model allow it (:func:`fedgen.fl.multiclient.unsupported`), else sequentially.
+    ``upload(result, global_state, round)``: what a client does to its result before sending it
+    (e.g. DP clipping, :func:`fedgen.fl.server.client_update`).
     """
 
     def __init__(
@@ -41,8 +43,10 @@ class InProcessRuntime:
         progress=None,
         store: ClientStore | None = None,
         batched: bool = False,
+        upload: Callable[[FitResult, State, int], FitResult] | None = None,
     ):
         self.client, self.data, self.seed, self.progress, self.store = client, data, seed, progress, store
+        self.upload = upload
         if store is not None:
             store.update(client.kept)
             client.kept = store
@@ -71,6 +75,8 @@ class InProcessRuntime:
                     results.append(self.client.fit(state, self.data[k], seed))
                 if self.progress is not None:
                     self.progress.update(1)
+        if self.upload is not None:
+            results = [self.upload(res, state, rnd) for res in results]
         if self.store is not None:
             self.store.end_round()
         return results

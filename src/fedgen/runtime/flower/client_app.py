@@ -7,7 +7,10 @@
 
 ``train`` builds the experiment from the run's config (once per process), then calls the
 algorithm's ``ClientLogic.fit(state, data, seed)`` with ``seed = derive_seed(seed, "fit", round, k)``,
-exactly as :class:`~fedgen.runtime.simulate.InProcessRuntime` does.
+exactly as :class:`~fedgen.runtime.simulate.InProcessRuntime` does, and prepares its upload as
+the in-process clients do (:func:`fedgen.fl.server.client_update`: DP clipping). In a SecAgg+
+round (``flower.secagg``) Flower's ``secaggplus_mod`` carries the protocol and ``train`` answers
+with the checked change from the global state (:mod:`fedgen.runtime.flower.secagg`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedgen.fl.client import derive_seed
+from fedgen.fl.server import client_update
 from fedgen.runtime.flower.config import experiment_for, run_settings
 from fedgen.runtime.flower.records import from_arrays, to_arrays, to_metrics
+from fedgen.runtime.flower.secagg import fitres_reply, is_secure, read_fitins, secagg_when_asked
 from fedgen.runtime.store import ClientStore
 
 
@@ -43,7 +49,7 @@ def store_for(node_config: dict, run_key: str) -> ClientStore:
 
 def make_client_app(default_run_config: dict | None = None) -> ClientApp:
     """A ClientApp; ``default_run_config`` stands in for a missing ``context.run_config`` (simulation)."""
-    app = ClientApp()
+    app = ClientApp(mods=[secagg_when_asked])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -52,18 +58,35 @@ def make_client_app(default_run_config: dict | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        from fedgen.drivers import round_policy
+
         settings = run_settings(context.run_config, default_run_config)
-        cfg = msg.content["config"]
-        k, rnd = int(cfg["client"]), int(cfg["round"])
+        exp, logic = experiment_for(settings)
+        secure = is_secure(msg)
+        if secure:
+            state, rnd, k = read_fitins(msg, logic.server_part(exp.init))
+        else:
+            cfg = msg.content["config"]
+            k, rnd = int(cfg["client"]), int(cfg["round"])
+            state = from_arrays(msg.content["arrays"])
         if k not in partitions(dict(context.node_config)):
             raise ValueError(f"client {k} is not served by this node")
-        exp, logic = experiment_for(settings)
         store = store_for(dict(context.node_config), settings.run_key)
         logic.kept = store
         store.begin_round(rnd)
-        state = from_arrays(msg.content["arrays"])
         res = logic.fit(state, exp.data[k], derive_seed(exp.cfg.seed, "fit", rnd, k))
         store.end_round()
+        policy = round_policy(exp)
+        upload, reason = client_update(res, state, rnd, policy, secure)
+        if secure:
+            # secaggplus_mod rounds stochastically with numpy's global generator: seeded, reproducible
+            np.random.seed(derive_seed(exp.cfg.seed, "secagg", rnd, k) % 2**32)
+            sent = upload.state if upload is not None else state
+            change = {key: sent[key].double() - state[key].double() for key in state}
+            weight = 1 if policy.dp is not None else res.num_examples
+            metrics = {**res.metrics, "client": k, "num-examples": res.num_examples}
+            return fitres_reply(msg, change, weight, metrics, reason)
+        res = upload
         metrics = to_metrics({**res.metrics, "client": k, "num-examples": res.num_examples})
         content = RecordDict({"arrays": to_arrays(res.state), "metrics": metrics})
         if k in store:  # evaluation mirror of the kept state (see fedgen.runtime.flower.runtime)

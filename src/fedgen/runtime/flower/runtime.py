@@ -11,19 +11,29 @@ Kept client states (FedPer, Ditto) live in each node's :class:`~fedgen.runtime.s
 The reply also carries the client's new kept state (``kept``) so that the server can evaluate
 personalized models and checkpoint them as the in-process runtime does; it is counted apart
 (``flower_kept_mirror_bytes``), not as upload, and is an evaluation aid, not part of the protocol.
+
+With ``secagg`` (``flower.secagg.enabled``) the runtime is *secure*: the server loop calls
+:meth:`FlowerRuntime.fit_secure`, which runs one round of Flower's SecAgg+ workflow
+(:func:`fedgen.runtime.flower.secagg.secure_round`) and returns only the weighted mean of the
+clients' changes, with their n_k and metrics.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedgen.errors import FedgenError, UpdateError
 from fedgen.fl.client import FitResult
+from fedgen.fl.server import SecureRound
 from fedgen.models.params import State
 from fedgen.runtime.flower.records import from_arrays, payload_bytes, to_arrays
+
+log = logging.getLogger("fedgen")
 
 
 class FlowerRuntime:
@@ -37,8 +47,13 @@ class FlowerRuntime:
         round_timeout: float = 600.0,
         wait_nodes: float = 120.0,
         mirror_kept: dict[int, State] | None = None,
+        secagg: Any = None,
+        context: Context | None = None,
+        max_weight: float = 1.0,
     ):
         self.grid, self.num_clients, self.mirror_kept = grid, num_clients, mirror_kept
+        self.secagg, self.context, self.max_weight = secagg, context, max_weight
+        self.secure = secagg is not None and secagg.enabled
         self.round_timeout, self.wait_nodes = round_timeout, wait_nodes
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self._asked: set[int] = set()
@@ -80,6 +95,38 @@ class FlowerRuntime:
                 )
             time.sleep(0.5)
 
+    @staticmethod
+    def _read(reply: Message, expected: int | None) -> FitResult:
+        """A train reply as a FitResult (raises on an error reply or a malformed one)."""
+        if reply.has_error():
+            raise UpdateError(reply.error.reason)
+        m = dict(reply.content["metrics"])
+        k, n = int(m.pop("client")), int(m.pop("num-examples"))
+        if expected is not None and k != expected:
+            raise UpdateError(f"reply for client {expected} claims to be client {k}")
+        return FitResult(k, from_arrays(reply.content["arrays"]), n, m)
+
+    def fit_secure(self, state: State, client_ids: list[int], rnd: int) -> SecureRound:
+        """One SecAgg+ round: the server gets the clients' weighted mean change, never one update."""
+        from fedgen.runtime.flower.secagg import secure_round
+
+        self.discover(list(range(self.num_clients)) if not self.node_of else client_ids)
+        assert self.context is not None, "secure aggregation needs the ServerApp's context"
+        clients = {self.node_of[k]: k for k in client_ids}
+        res = secure_round(
+            self.grid, self.context, state, clients, rnd, self.secagg, self.max_weight, self.round_timeout
+        )
+        for r in res.rejected:
+            log.warning("round %d: client %s refused its own update: %s", rnd, r["client"], r["reason"])
+        lost = sorted(
+            set(client_ids) - {r.client_id for r in res.accepted} - {r["client"] for r in res.rejected}
+        )
+        if lost:
+            log.warning("round %d: no SecAgg+ reply from client(s) %s", rnd, lost)
+        self.last_round = res.bytes
+        upload = int(res.bytes["secagg_masked_up_bytes"])
+        return SecureRound(res.accepted, res.rejected, res.mean_change, upload)
+
     def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]:
         self.discover(list(range(self.num_clients)) if not self.node_of else client_ids)
         t0 = time.perf_counter()
@@ -94,21 +141,31 @@ class FlowerRuntime:
             for k in client_ids
         ]
         replies = list(self.grid.send_and_receive(msgs, timeout=self.round_timeout))
+        client_of = {m.metadata.message_id: k for m, k in zip(msgs, client_ids, strict=True)}
         results, up, mirrored = [], 0, 0
         for r in replies:
-            if r.has_error():
-                raise UpdateError(f"round {rnd} node {r.metadata.src_node_id}: {r.error.reason}")
-            m = dict(r.content["metrics"])
-            k, n = int(m.pop("client")), int(m.pop("num-examples"))
+            k = client_of.get(r.metadata.reply_to_message_id)
+            try:
+                res = self._read(r, k)
+            except Exception as e:  # a failed, lost or malformed client: the server loop's min_clients rule
+                why = r.error.reason if r.has_error() else f"malformed reply ({type(e).__name__}: {e})"
+                log.warning("round %d: client %s sent no usable update, the round goes on: %s", rnd, k, why)
+                continue
             up += payload_bytes(r.content["arrays"])
-            results.append(FitResult(k, from_arrays(r.content["arrays"]), n, m))
+            results.append(res)
             if self.mirror_kept is not None and "kept" in r.content.array_records:
-                self.mirror_kept[k] = from_arrays(r.content["kept"])
+                self.mirror_kept[res.client_id] = from_arrays(r.content["kept"])
                 mirrored += payload_bytes(r.content["kept"])
-        missing = sorted(set(client_ids) - {r.client_id for r in results})
+        answered = {m.metadata.reply_to_message_id for m in replies}
+        missing = sorted(
+            k for m, k in zip(msgs, client_ids, strict=True) if m.metadata.message_id not in answered
+        )
         if missing:
-            raise FedgenError(
-                f"round {rnd}: no reply from client(s) {missing} within {self.round_timeout:.0f} s"
+            log.warning(
+                "round %d: no reply from client(s) %s within %.0f s, the round goes on without them",
+                rnd,
+                missing,
+                self.round_timeout,
             )
         self.last_round = {
             "flower_payload_down_bytes": payload_bytes(arrays) * len(client_ids),

@@ -32,6 +32,10 @@ def make_server_app(default_run_config: dict | None = None) -> ServerApp:
                 round_timeout=s.round_timeout,
                 wait_nodes=s.wait_nodes,
                 mirror_kept=logic.kept,
+                secagg=cfg.flower.secagg,
+                context=context,
+                # SecAgg+ weights: n_k / max_weight, <= 1 (DP: uniform, 1 each)
+                max_weight=1.0 if cfg.dp.mode != "off" else max(len(d.train) for d in exp.data.values()),
             )
 
         run_experiment(
