@@ -208,6 +208,14 @@ def test_digest_is_stable_for_equal_configs_and_changes_with_any_value() -> None
     assert changed.digest("fl") != a.digest("fl")
 
 
+def test_a_runs_result_key_ignores_the_settings_of_another_task() -> None:
+    img = ["task=image", "data.partition=dirichlet"]
+    text, image = load_config(None), load_config(None, img)
+    assert load_config(None, ["image.ngf=8"]).result_digest() == text.result_digest()
+    assert load_config(None, [*img, "image.ngf=8"]).result_digest() != image.result_digest()
+    assert load_config(None, ["fl.rounds=3"]).result_digest() != text.result_digest()
+
+
 # --------------------------------------------------------------------------------- non-finite numbers (#12.2)
 
 

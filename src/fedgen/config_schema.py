@@ -314,6 +314,9 @@ class Config:
         d["data"].pop("dir")
         if not d["devices"]["enabled"]:
             d.pop("devices")
+        for section, task in _TASK_ONLY_SECTIONS.items():  # another task's settings change nothing here
+            if d["task"] != task:
+                d.pop(section)
         for key, default in _DIGEST_NEUTRAL_DEFAULTS.items():  # newer keys at their defaults: old keys hold
             section, _, name = key.partition(".")
             if d[section].get(name, object()) == default:
@@ -330,3 +333,5 @@ class Config:
 # Settings added after runs were keyed by result_digest: at these values they change nothing, so
 # they are left out of the digest and earlier runs keep their key.
 _DIGEST_NEUTRAL_DEFAULTS = {"fl.aggregator": "fedavg", "fl.trim_beta": 0.1, "fl.clip_norm": None}
+# Sections that only one task reads (section -> task): left out of the other tasks' result digests.
+_TASK_ONLY_SECTIONS = {"image": "image"}
