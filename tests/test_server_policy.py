@@ -189,3 +189,12 @@ def test_fednova_normalizes_by_local_steps_and_equals_fedavg_for_equal_steps():
     assert torch.allclose(out["w"], torch.full((3,), 5.0))
     with pytest.raises(ValueError, match="local steps"):
         aggregate([a, b], [10, 10], fednova, ref, steps=None)
+
+
+def test_a_report_of_a_run_whose_every_round_was_skipped_says_n_a_for_the_upload_size():
+    from fedgen.report.common import clients_and_upload
+
+    s = {"rounds": 2, "num_clients": 4, "clients_per_round": 2, "bytes_per_upload": None}
+    work, upload = clients_and_upload({**s, "upload_params": 8, "upload_bytes_total": 0})
+    assert work == "K=4, 2 per round, 2 rounds"
+    assert upload == "n/a bytes per client per round (formula: 32); total 0.000 MB"

@@ -13,8 +13,9 @@ def clients_and_upload(s: dict) -> tuple[str, str]:
     """The "Clients" and "Upload" cells of a result table."""
     if s["rounds"]:
         work = f"K={s['num_clients']}, {s['clients_per_round']} per round, {s['rounds']} rounds"
+        per = s.get("bytes_per_upload")  # None when no update was ever aggregated (every round skipped)
         upload = (
-            f"{s['bytes_per_upload']:,} bytes per client per round "
+            f"{'n/a' if per is None else format(per, ',')} bytes per client per round "
             f"(formula: {s['upload_params'] * 4:,}); total {mb(s['upload_bytes_total'])}"
         )
     else:
