@@ -113,6 +113,7 @@ def test_a_flower_run_stopped_after_round_1_and_resumed_equals_an_uninterrupted_
     cfg = personal_cfg(shared_root, data_root, "ditto")
     run_dir = tmp_path / "flower"
     store = flower_run(cfg, run_dir, stop_after=1)
-    assert not (run_dir / "global").exists() and json.loads((run_dir / "state.json").read_text())["round"] == 1
+    assert not (run_dir / "global").exists()
+    assert json.loads((run_dir / "state.json").read_text())["round"] == 1
     assert flower_run(cfg, run_dir, resume=True).root == store.root
     assert_same_run(run_dir, store, ref)
