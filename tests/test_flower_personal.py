@@ -102,6 +102,14 @@ def test_kept_client_states_on_flower_equal_the_in_process_runtime(
     store = flower_run(personal_cfg(shared_root, data_root, algorithm), run_dir)
     assert store.root.is_relative_to(tmp_path / "flwr-home")  # the client side's own disk
     assert_same_run(run_dir, store, ref)
+    first, second = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    print({k: v for k, v in second.items() if "bytes" in k and "cum" not in k})
+    # whole messages as Flower sends them: arrays plus object headers and ids, config and metrics ...
+    for r in first, second:
+        assert r["wire_bytes_up"] > r["flower_payload_up_bytes"] + r["flower_kept_mirror_bytes"]
+    assert second["wire_bytes_down"] > second["flower_payload_down_bytes"]
+    if algorithm == "ditto":  # ... where equal arrays in one message cross once: round 1's zero LoRA Bs
+        assert first["wire_bytes_down"] < first["flower_payload_down_bytes"]
 
 
 @pytest.mark.realdata
