@@ -136,6 +136,8 @@ def test_flower_deployment_over_tls_equals_the_in_process_runtime(
             q["upload_bytes"],
         )
         assert r["flower_payload_up_bytes"] > 0 and r["flower_payload_down_bytes"] > 0
+        assert r["wire_bytes_up"] > r["flower_payload_up_bytes"] and r["wire_bytes_down"] > 0
+        print({k: v for k, v in r.items() if "bytes" in k and "cum" not in k})
 
 
 def _refused(fed: Loopback, name: str, timeout: float = 90) -> str:

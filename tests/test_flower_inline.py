@@ -55,3 +55,21 @@ def test_a_lost_and_a_malformed_flower_client_leave_the_round_to_the_others(shar
     lines = [r.getMessage() for r in caplog.records]
     assert sum("no reply from client(s)" in x and "the round goes on" in x for x in lines) == 1
     assert sum("malformed reply" in x for x in lines) == 1
+
+
+def test_wire_bytes_are_what_flower_pushes_for_a_message():
+    import torch
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from flwr.supercore.inflatable.inflatable_utils import push_objects
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedgen.runtime.flower.records import payload_bytes, to_arrays, wire_bytes
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    arrays = to_arrays({"a": torch.zeros(4, 64), "b": torch.ones(64, 4)})
+    msg = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"round": 1})}), 7, MessageType.TRAIN)
+    pushed: list[int] = []
+    push_objects(get_all_nested_objects(msg), lambda _, content: pushed.append(len(content)))
+    assert wire_bytes(msg) == sum(pushed)  # the object contents a ServerApp pushes to the SuperLink
+    assert payload_bytes(arrays) == 2 * (128 + 256 * 4) < wire_bytes(msg) < payload_bytes(arrays) + 2000

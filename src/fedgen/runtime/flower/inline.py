@@ -5,7 +5,8 @@ For tests and measurements where neither Ray (``flwr[simulation]``) nor a SuperL
 (mods included, e.g. ``secaggplus_mod``) with its own persistent ``Context``, as a SuperNode
 would. Only the transport is ours; the apps, mods and workflows are Flower's and fedgen's own.
 Every message crosses as Flower's protobuf (``flwr.common.serde``), as on the wire, so nothing
-is shared between the two sides; ``wire_down`` / ``wire_up`` count those bytes. A handler that
+is shared between the two sides; ``wire_down`` / ``wire_up`` count those bytes (each message as one
+protobuf; Flower's gRPC transport sends it as objects, see ``records.wire_bytes``). A handler that
 raises answers with an error reply, as a SuperNode does.
 """
 

@@ -1,10 +1,11 @@
-"""Our states and metrics as Flower records, and back (bit-exact for every dtype)."""
+"""Our states and metrics as Flower records, and back (bit-exact for every dtype); message sizes."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedgen.models.params import State
 
@@ -24,6 +25,18 @@ def from_arrays(record: ArrayRecord) -> State:
 def payload_bytes(record: ArrayRecord) -> int:
     """The serialized arrays' bytes in a message (``Array.data``: numpy ``.npy`` bytes, header included)."""
     return sum(len(a.data) for a in record.values())
+
+
+def wire_bytes(msg: Message) -> int:
+    """The bytes Flower 1.42 moves for ``msg`` between SuperLink and SuperNode.
+
+    Flower sends a message as a tree of objects (``Message`` -> ``RecordDict`` -> records ->
+    ``Array`` -> ``ArrayChunk``), each deflated once (its header, the child object ids and its
+    protobuf body) into one ``PushObject`` / ``PullObject`` call; this is their sum. Not counted:
+    the RPCs' own fields (object ids, the metadata-only message and object tree in
+    ``PushMessages`` / ``PullMessages``), gRPC's 5-byte frame prefix, HTTP/2 frames and TLS records.
+    """
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values())
 
 
 def to_metrics(metrics: dict) -> MetricRecord:

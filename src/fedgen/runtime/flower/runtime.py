@@ -12,6 +12,11 @@ The reply also carries the client's new kept state (``kept``) so that the server
 personalized models and checkpoint them as the in-process runtime does; it is counted apart
 (``flower_kept_mirror_bytes``), not as upload, and is an evaluation aid, not part of the protocol.
 
+Bytes of a plain round (``last_round``, added to its metrics row): ``flower_payload_down/up_bytes``,
+the serialized arrays (``.npy`` bytes) of the messages sent and of the usable replies; and
+``wire_bytes_down/up``, the whole messages as Flower transfers them
+(:func:`~fedgen.runtime.flower.records.wire_bytes`), down counted once per recipient.
+
 With ``secagg`` (``flower.secagg.enabled``) the runtime is *secure*: the server loop calls
 :meth:`FlowerRuntime.fit_secure`, which runs one round of Flower's SecAgg+ workflow
 (:func:`fedgen.runtime.flower.secagg.secure_round`) and returns only the weighted mean of the
@@ -31,7 +36,7 @@ from fedgen.errors import FedgenError, UpdateError
 from fedgen.fl.client import FitResult
 from fedgen.fl.server import SecureRound
 from fedgen.models.params import State
-from fedgen.runtime.flower.records import from_arrays, payload_bytes, to_arrays
+from fedgen.runtime.flower.records import from_arrays, payload_bytes, to_arrays, wire_bytes
 
 log = logging.getLogger("fedgen")
 
@@ -57,7 +62,7 @@ class FlowerRuntime:
         self.round_timeout, self.wait_nodes = round_timeout, wait_nodes
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self._asked: set[int] = set()
-        self.last_round: dict[str, float] = {}  # Flower payload bytes and seconds of the last fit
+        self.last_round: dict[str, float] = {}  # Flower payload and wire bytes, seconds of the last fit
 
     def _ask(self, nodes: list[int]) -> None:
         msgs = [
@@ -171,6 +176,8 @@ class FlowerRuntime:
             "flower_payload_down_bytes": payload_bytes(arrays) * len(client_ids),
             "flower_payload_up_bytes": up,
             "flower_kept_mirror_bytes": mirrored,
+            "wire_bytes_down": sum(wire_bytes(m) for m in msgs),  # per recipient, as each node pulls it
+            "wire_bytes_up": sum(wire_bytes(r) for r in replies),  # every reply, kept mirror included
             "flower_fit_seconds": round(time.perf_counter() - t0, 3),
         }
         return results
