@@ -3,12 +3,12 @@
     python scripts/pretrain_cgan.py --data /work/shared/data --root runs \\
         --classifier-cache runs/cache/classifier [--steps 2800] [--norm bn] [--threads 2]
 
-``fedgen pretrain --config configs/cifar-cpu.yaml`` builds the same backbone (the image task uses
-this recipe); this script adds the score and takes --steps / --norm for recipe experiments. The
-backbone lands in ``ROOT/backbones/cgan-z128-g32-d32-<key>/`` (key: architecture + recipe + public
-slice; the defaults give cifar-cpu.yaml's slot), its checkpoint in ``.../pretrain/`` while training:
-rerunning the same command after a kill resumes. The score (FD-classifier and class accuracy of
-1,000 class-balanced EMA samples) is added to the backbone's ``fedgen_gan.json`` under ``"eval"``.
+It builds the backbone ``fedgen pretrain --config configs/cifar-cpu.yaml`` builds, through the image
+task's own code (``tasks/image/backbone.py``: the same cache slot
+``ROOT/backbones/cgan-z128-g32-d32-<key>/``, key = architecture + recipe + public slice), with
+--steps / --norm as overrides for recipe experiments; rerunning the same command after a kill
+resumes. It then adds a score (FD-classifier and class accuracy of 1,000 class-balanced EMA samples)
+to the backbone's ``fedgen_gan.json`` under ``"eval"``.
 
 ``norm="bn"`` is the default, as in cifar-cpu.yaml: the short comparison favoured it on class
 accuracy after 300 steps at width 16 (0.194 vs 0.098 for ``gn``, benchmarks/gan_recipes.py).
@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from fedgen.data.cifar10 import load_cifar10, public_split
-from fedgen.gan_pretrain import Recipe, evaluate, pretrain, recipe_key, save_backbone
+from fedgen.config import load_config
+from fedgen.data.cifar10 import load_cifar10
+from fedgen.gan_pretrain import evaluate
 from fedgen.metrics.classifier import load_or_train_classifier
-from fedgen.metrics.fid import images_digest
 from fedgen.models import cgan
+from fedgen.tasks.image.backbone import backbone_dir, pretrain_gan
 from fedgen.tasks.image.gan import Images
 
-CPU_CONFIG = cgan.GanConfig(nz=128, ngf=32, ndf=32, norm="bn", aux_classifier=True)  # = cifar-cpu.yaml
-CPU_RECIPE = Recipe(steps=2800)
+CPU_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar-cpu.yaml"
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -41,25 +40,21 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--data", required=True)
     ap.add_argument("--root", required=True, help="output root (backbones/ goes under it)")
     ap.add_argument("--classifier-cache", default=None, help="score the backbone with this classifier cache")
-    ap.add_argument("--steps", type=int, default=CPU_RECIPE.steps)
-    ap.add_argument("--norm", default=CPU_CONFIG.norm)
+    ap.add_argument("--steps", type=int, default=None, help="pre-training steps (default: the config's)")
+    ap.add_argument("--norm", default=None, help="bn | gn (default: the config's)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--public-fraction", type=float, default=0.1)
+    ap.add_argument("--public-fraction", type=float, default=None, help="default: the config's")
     args = ap.parse_args(argv)
+    overrides = [f"output.root={args.root}", f"threads={args.threads}"]
+    overrides += [f"pretrain.steps={args.steps}"] if args.steps is not None else []
+    overrides += [f"image.norm={args.norm}"] if args.norm is not None else []
+    overrides += [f"data.public_fraction={args.public_fraction}"] if args.public_fraction is not None else []
+    cfg = load_config(CPU_CONFIG, overrides)
     torch.set_num_threads(args.threads)
     data = load_cifar10(args.data)
-    public, _ = public_split(len(data.train_y), args.public_fraction, 0)  # as tasks.image.data.splits
-    config, recipe = replace(CPU_CONFIG, norm=args.norm), replace(CPU_RECIPE, steps=args.steps)
-    data_id = f"cifar10-public{args.public_fraction}-{images_digest(data.train_x[public])[:16]}"
-    key = recipe_key(config, recipe, data_id)
-    out = Path(args.root) / "backbones" / f"cgan-z{config.nz}-g{config.ngf}-d{config.ndf}-{key}"
-    res = pretrain(data.train_x[public], data.train_y[public], config, recipe, out / "pretrain")
-    meta = {
-        "public_images": len(public),
-        "public_fraction": args.public_fraction,
-        "data": data_id,
-        "data_source": data.source,
-    }
+    out = backbone_dir(cfg, data)
+    if not (out / cgan.GAN_META).is_file():
+        pretrain_gan(cfg, data, out)
     if args.classifier_cache:
         clf = load_or_train_classifier(
             data.train_x,
@@ -71,11 +66,14 @@ def main(argv: list[str] | None = None) -> Path:
             seed=0,
         )
         test = Images(torch.from_numpy(data.test_x), torch.from_numpy(data.test_y))
-        meta["eval"] = {**evaluate(res.ema.module, clf, test, n=1000), "classifier": clf.meta["key"][:16]}
-        print(json.dumps(meta["eval"]))
-    path = save_backbone(res, out, recipe, meta)
-    print(f"backbone: {path} ({res.steps} steps, {res.wall_seconds:.0f} s)")
-    return path
+        gan, _ = cgan.load(out)
+        score = {**evaluate(gan.generator, clf, test, n=1000), "classifier": clf.meta["key"][:16]}
+        meta_path = out / cgan.GAN_META
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "eval": score}, indent=2))
+        print(json.dumps(score))
+    print(f"backbone: {out}")
+    return out
 
 
 if __name__ == "__main__":
