@@ -44,6 +44,33 @@ def test_groupnorm_generator_samples_do_not_depend_on_the_rest_of_the_batch():
     torch.testing.assert_close(g(z, y)[:2], g(z[:2], y[:2]))
 
 
+def test_samples_are_drawn_in_class_mixed_batches_and_returned_in_the_requested_order():
+    """A batch-statistics generator must not normalise one class by its own statistics."""
+    from fedgen.tasks.image.gan import GanObjective
+
+    class Recorder(nn.Module):  # image i is filled with its label; records each batch's labels
+        nz = 4
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))  # where it runs
+            self.batches: list[torch.Tensor] = []
+
+        def forward(self, z, y):
+            self.batches.append(y.clone())
+            return y.float().view(-1, 1, 1, 1).expand(-1, 3, 32, 32) / 10
+
+    gen = Recorder()
+    model = nn.Module()
+    model.generator = gen
+    task = GanObjective(nz=4, num_classes=10, discriminator_init=None, d_lr=0.0, betas=(0.0, 0.0))
+    labels = torch.arange(10).repeat_interleave(30)  # class-sorted request, 3 batches of 100
+    images = task.generate(model, labels, seed=3)
+    torch.testing.assert_close(images[:, 0, 0, 0], labels.float() / 10)  # the requested order
+    assert len(gen.batches) == 3 and all(len(b.unique()) == 10 for b in gen.batches)
+    torch.testing.assert_close(task.generate(model, labels, seed=3), images)  # deterministic
+
+
 def test_every_discriminator_weight_is_spectrally_normalised():
     gan = cgan.build(SMALL, 0)
     d = gan.discriminator

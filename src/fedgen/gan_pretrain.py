@@ -31,7 +31,6 @@ from torch import nn
 from tqdm import tqdm
 
 from fedgen.fl.client import derive_seed
-from fedgen.metrics.fid import frechet_distance_to
 from fedgen.models import cgan
 
 if TYPE_CHECKING:
@@ -253,12 +252,11 @@ def save_backbone(result: PretrainResult, path: str | Path, recipe: Recipe, meta
 
 
 @torch.no_grad()
-def evaluate(generator, classifier, test: Images, n: int = 1000, seed: int = 0) -> dict:
+def evaluate(generator, classifier, test: Images, n: int = 1000) -> dict:
     """FD-classifier and class accuracy of ``n`` class-balanced samples, the project's way.
 
-    ``fdc``/``acc`` use :meth:`fedgen.tasks.image.gan.GanObjective.evaluate` (labels sorted by class, drawn
-    in batches of 100, as every run scores its models); ``fdc_mixed``/``acc_mixed`` draw the same
-    labels in shuffled order (matters only for a batch-statistics generator: ``norm="bn"``).
+    Uses :meth:`fedgen.tasks.image.gan.GanObjective.evaluate`, as every run scores its models
+    (class-mixed batches of 100 from fixed seeds).
     """
     from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective
 
@@ -276,10 +274,5 @@ def evaluate(generator, classifier, test: Images, n: int = 1000, seed: int = 0) 
         eval_samples=n,
     )
     out = task.evaluate(SimpleNamespace(generator=generator), test)
-    labels = torch.arange(10).repeat_interleave(n // 10)
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    imgs = task.generate(SimpleNamespace(generator=generator), labels[perm], seed=seed)
-    out["fdc_mixed"] = frechet_distance_to(classifier.features(imgs), *ref.stats(np.ones(10)))
-    out["acc_mixed"] = float((classifier.predict(imgs) == labels[perm].numpy()).mean())
     generator.train()
     return out

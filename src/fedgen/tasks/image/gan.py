@@ -24,8 +24,9 @@ FedPer keeps its personal layers of both on the client. Either way a session sta
 pretrained spectral-norm power-iteration vectors (D's buffers, not exchanged), so a session
 does not depend on which client ran before it in the same process.
 
-**Evaluation.** Samples are drawn in fixed batches from fixed seeds (the generator's
-BatchNorm uses batch statistics), labels stratified to a target class histogram, and
+**Evaluation.** Samples are drawn in fixed, class-mixed batches from fixed seeds (the
+generator's BatchNorm uses batch statistics: see ``generate``), labels stratified to a
+target class histogram, and
 scored in the feature space of a small CIFAR-10 classifier trained once on the train
 split: the Frechet distance to the CIFAR-10 test set's features re-weighted to the same
 class histogram ("FD-classifier", **not comparable to Inception FID**) and the accuracy of
@@ -214,15 +215,24 @@ class GanObjective:
     # -- generation ---------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, model: nn.Module, labels: torch.Tensor, seed: int) -> torch.Tensor:
-        """Images (float NCHW in [-1, 1]) for ``labels``, in fixed batches from fixed seeds."""
+        """Images (float NCHW in [-1, 1]) for ``labels``, in the order given; deterministic in ``seed``.
+
+        The labels are drawn in a seeded shuffled order, in batches of ``sample_batch``, so every
+        batch has the class mix of the whole request (i.i.d. draws from it). A batch-statistics
+        generator (``norm="bn"``) is then normalised as in training: class-mixed batches for a
+        class-balanced request (pre-training), the client's own mix for a client's request (its
+        local training). Class-sorted batches would normalise each class by its own statistics.
+        """
         gen = gan_of(model).generator
-        out = []
+        dev = device_of(gen)
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+        out = torch.empty(len(labels), 3, 32, 32)
         for i in range(0, len(labels), self.sample_batch):
             g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-            y = labels[i : i + self.sample_batch]
-            dev = device_of(gen)
-            out.append(gen(torch.randn(len(y), self.nz, generator=g).to(dev), y.to(dev)).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, 3, 32, 32)
+            idx = order[i : i + self.sample_batch]
+            z = torch.randn(len(idx), self.nz, generator=g).to(dev)
+            out[idx] = gen(z, labels[idx].to(dev)).float().cpu()
+        return out
 
     # -- evaluation ---------------------------------------------------------------------
     def histogram(self, labels: torch.Tensor) -> np.ndarray:
