@@ -11,8 +11,10 @@ import pytest
 from conftest import tiny_raw
 from fedgen.cli import main
 from fedgen.config import config_from_dict
+from fedgen.errors import FedgenError
 from fedgen.registry import algorithm_names
 from fedgen.report.figures import is_png
+from fedgen.report.publish import publish_suite
 from fedgen.report.suite import SECTIONS
 from fedgen.reproduce import plan, plan_rows, run_suite
 
@@ -94,4 +96,17 @@ def test_a_tiny_suite_reports_every_section_from_its_outputs(shared_root, data_r
     assert report.read_text() == md
     assert main(["report", "--run", str(out / "text-rank-r2")]) == 0
     assert "## 1. Main results" in (out / "text-rank-r2" / "report.md").read_text()
+
+    # --publish copies the report with the outputs it reads and no model weights; it rebuilds the same
+    pub = tmp_path / "published" / "suite"
+    assert main(["report", "--run", str(out), "--publish", str(pub)]) == 0
+    assert (pub / "report.md").read_text() == md
+    kept = {f.name for f in pub.rglob("*") if f.is_file() and f.parent.parent != pub / "figures"}
+    assert {"suite.json", "compare.json", "summary.json", "metrics.jsonl"} <= kept
+    assert not [f for f in pub.rglob("*") if f.suffix in (".safetensors", ".pt", ".bin")]
+    (pub / "report.md").unlink()
+    assert main(["report", "--run", str(pub)]) == 0
+    assert (pub / "report.md").read_text() == md
+    with pytest.raises(FedgenError, match="not a published suite"):
+        publish_suite(out, out / "text")
     capsys.readouterr()

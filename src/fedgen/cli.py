@@ -155,10 +155,13 @@ def cmd_report(args) -> int:
 
     rd = RunDir(Path(args.run))
     if not (rd.path / "summary.json").is_file() and is_suite(rd.path):
+        from fedgen.report.publish import publish_suite
         from fedgen.report.suite import write_suite_report
 
-        print(write_suite_report(rd.path))
+        print(publish_suite(rd.path, args.publish) if args.publish else write_suite_report(rd.path))
         return 0
+    if args.publish:
+        raise FedgenError(f"--publish: {rd.path} is not a suite or compare dir")
     if not (rd.path / "summary.json").is_file():
         raise FedgenError(f"{rd.path} has no summary.json (is the run finished? resume it with --resume)")
     summary = json.loads((rd.path / "summary.json").read_text())
@@ -317,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument(
         "--run", required=True, help="run dir, compare dir, or suite dir (fedgen reproduce --out)"
+    )
+    rp.add_argument(
+        "--publish",
+        metavar="OUT",
+        help="suites: also copy the report, its figures and the run outputs it reads (no adapters) to OUT",
     )
     rp.set_defaults(func=cmd_report)
 

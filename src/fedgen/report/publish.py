@@ -1,0 +1,56 @@
+"""Publish a suite: its report and figures with the run outputs the report is read from, and
+nothing else (no adapters, checkpoints or client states), so ``fedgen report --run OUT`` rebuilds
+the same ``report.md`` from the published files alone (``docs/results/`` is such a copy)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from fedgen.errors import FedgenError
+from fedgen.report.parts import SUITE_FILE, find_parts, read_json, seed_runs
+from fedgen.report.sections import _small_copy
+from fedgen.report.suite import write_suite_report
+
+PART_FILES = ("compare.json", "compare.md")
+RUN_FILES = ("summary.json", "metrics.jsonl", "personalization.json", "samples.json")
+
+
+def publish_suite(src: str | Path, out: str | Path) -> Path:
+    """Write ``src``'s suite report, then copy it to ``out`` with what it reads; return ``out/report.md``.
+
+    Runs keep ``RUN_FILES``; the sample grids the report shows (main parts) are kept at native
+    resolution. ``out`` must be new or an earlier publication of a suite (it is replaced).
+    """
+    src, out = Path(src), Path(out)
+    report = write_suite_report(src)
+    if out.exists() and not (out / "report.md").is_file():
+        raise FedgenError(f"{out}: exists and is not a published suite; choose a new directory")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if (src / SUITE_FILE).is_file():
+        shutil.copy2(src / SUITE_FILE, out / SUITE_FILE)
+    shutil.copy2(report, out / "report.md")
+    shutil.copytree(src / "figures", out / "figures")
+    for part in find_parts(src):
+        dst = out / part.dir.relative_to(src)
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in PART_FILES:
+            if (part.dir / name).is_file():
+                shutil.copy2(part.dir / name, dst / name)
+        for alg in part.compare["table"]:
+            for _, run in seed_runs(part, alg):
+                _publish_run(run, dst / run.name, grids=part.kind == "main")
+    return out / "report.md"
+
+
+def _publish_run(run: Path, dst: Path, grids: bool) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, dst / name)
+    summary = read_json(run / "summary.json") or {}
+    for png in (summary.get("grids") or {}).values() if grids else ():
+        if (run / "samples" / png).is_file():
+            (dst / "samples").mkdir(exist_ok=True)
+            _small_copy(run / "samples" / png, dst / "samples" / png)
