@@ -30,7 +30,7 @@ from fedgen.registry import algorithm, algorithm_names
 from fedgen.report import paper
 
 SUITES = {
-    "cpu": {"text": "configs/ptb-cpu.yaml", "image": "configs/cifar-cpu.yaml"},
+    "cpu": {"text": "configs/ptb-smollm2-cpu.yaml", "image": "configs/cifar-cpu.yaml"},
     "paper": {"text": "configs/ptb-paper.yaml", "image": "configs/cifar-paper.yaml"},
 }
 SWEEP_ALGORITHM = "fedgen"
@@ -103,6 +103,9 @@ def plan(
         if main:
             parts.append(PlanPart(task, task, "main", None, cfg, list(algs)))
         sweeps = [("rank", ranks, "lora", "r", "r"), ("epochs", epochs, "fl", "local_epochs", "E")]
+        # A sweep measures the global model after the last round: no per-client fine-tuning after it
+        # (it would not change the swept figures). The main comparison's run is reused at the base value.
+        swept = _with(cfg, "personalize", cfg.name, enabled=False)
         for kind, values, section, field, tag in sweeps:
             if kind not in kinds:
                 continue
@@ -110,7 +113,7 @@ def plan(
             for v in values:
                 name = f"{task}-{kind}-{tag}{v}"
                 same = task if main and v == base and SWEEP_ALGORITHM in algs else None
-                c = cfg if v == base else _with(cfg, section, f"{cfg.name}-{tag}{v}", **{field: v})
+                c = _with(swept, section, f"{cfg.name}-{tag}{v}", **{field: v})
                 parts.append(PlanPart(name, task, kind, v, c, [SWEEP_ALGORITHM], same))
     return parts
 

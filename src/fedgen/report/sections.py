@@ -190,12 +190,12 @@ def ablation(parts: list[Part], kind: str, fig_dir: Path) -> list[str]:
         lines += [
             f"![{kind} ablation {task}]({png.parent.name}/{png.name})",
             "",
-            f"| {xlabel} | {spec['metric'][1]} | clients' own models (mean) | total upload, bytes "
-            "| seeds | runs in |",
+            f"| {xlabel} | {spec['metric'][1]} | global model on clients' test splits (mean) "
+            "| total upload, bytes | seeds | runs in |",
             "|---|---|---|---|---|---|",
         ]
         for p, c, x, u in zip(sweep, cells, metric, up, strict=True):
-            own = c.get(f"local_test_{m}_personalized_mean")
+            own = c.get(f"local_test_{m}_global_mean")  # sweeps: no per-client fine-tuning
             lines.append(
                 f"| {p.value} | {mean_std(x)} | {mean_std(own)} | {u or 0:,.0f} | "
                 f"{','.join(map(str, c.get('seeds', [])))} | {p.dir.name} |"
