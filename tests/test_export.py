@@ -16,6 +16,7 @@ from fedgen.config import config_from_dict, load_config
 from fedgen.data.ptb import load_ptb
 from fedgen.experiment import Experiment
 from fedgen.run import run_experiment, saved_model_state
+from fedgen.tasks.image.gan import gan_of
 
 pytestmark = pytest.mark.realdata
 
@@ -94,13 +95,9 @@ def test_an_exported_generator_loads_without_fedgen_and_draws_the_unmerged_image
     shared_root, cifar_root, tmp_path
 ):
     from fedgen.export import export
-    from test_image import tiny_image_raw
+    from test_image import tiny_image_run
 
-    raw = tiny_image_raw(shared_root / "image", cifar_root)
-    raw["fl"]["rounds"] = 1
-    run = shared_root / "export-image"
-    if not (run / "summary.json").is_file():
-        run_experiment(config_from_dict(raw), run, progress=False)
+    run, _ = tiny_image_run(shared_root / "image", cifar_root)  # the image tests' run, made once
     out = export(run, tmp_path / "gen", client=0)
     spec = importlib.util.spec_from_file_location("load_generator", out / "load_generator.py")
     loader = importlib.util.module_from_spec(spec)
@@ -109,9 +106,9 @@ def test_an_exported_generator_loads_without_fedgen_and_draws_the_unmerged_image
     gen, cfg = loader.load_generator(out)
     exp = unmerged(run, 0)
     labels = torch.arange(10).repeat_interleave(3)
+    z = torch.randn(len(labels), cfg["nz"], generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        ours = exp.objective.generate(exp.params.model, labels, seed=5)
-        z = torch.randn(len(labels), cfg["nz"], generator=torch.Generator().manual_seed(5 * 1_000_003))
+        ours = gan_of(exp.params.model).generator(z, labels)
         theirs = gen(z, labels)
     assert theirs.shape == (30, 3, 32, 32)
     assert torch.allclose(ours, theirs, atol=IMAGE_ATOL, rtol=0), (ours - theirs).abs().max()

@@ -108,7 +108,7 @@ LOADER = '''"""Load a generator exported by `fedgen export` (torch + safetensors
     images = g(z, y)                                  # [10, 3, 32, 32] in [-1, 1]
 
 cfg["norm"] == "bn": BatchNorm uses the statistics of the batch (no running buffers), as in
-training, so sample in batches (fedgen samples in batches of the same labels and seeds);
+training, so sample in class-mixed batches (fedgen draws batches of 100 in a shuffled label order);
 "gn": per-sample GroupNorm, a sample does not depend on its batch.
 """
 
