@@ -167,8 +167,10 @@ compare_columns = [
     ("test_fdc_final", "FD-classifier, global"),
     ("fid_global", "Inception FID, global"),
     ("kid_global", "KID, global"),
+    ("class_acc_global", "class acc, global"),
     ("fid_all", "FID-all, clients' models"),
     ("fid_avg", "FID-avg, clients' models"),
+    ("kid_clients", "KID, clients' models"),
     ("class_acc_clients", "class acc, clients' models"),
     ("local_test_fdc_personalized_mean", "local FD-classifier (personalized)"),
     ("upload_bytes_total", "upload total"),
@@ -196,8 +198,10 @@ def flatten(summary: dict) -> dict:
         **summary,
         "fid_global": g.get("fid"),
         "kid_global": g.get("kid"),
+        "class_acc_global": g.get("class_acc"),
         "fid_all": c.get("fid_all"),
         "fid_avg": c.get("fid_avg"),
+        "kid_clients": c.get("kid"),
         "class_acc_clients": c.get("class_acc"),
     }
     return {key: flat.get(key) for key, _ in compare_columns}
