@@ -50,6 +50,17 @@ def test_the_paper_suites_dry_run_plan_has_the_papers_settings(tmp_path, capsys)
     assert not (tmp_path / "s").exists()  # a dry run runs nothing
 
 
+def test_the_cpu_suite_is_smollm2_and_the_cgan_with_the_small_backbone_as_an_extra_main_table():
+    parts = {p.name: p for p in plan("cpu")}
+    assert parts["text"].cfg.model.backbone == "smollm2-135m" and parts["image"].cfg.task == "image"
+    small = parts["text-small"]  # our own offline-pretrained GPT-2: a main comparison, no sweeps
+    assert (small.task, small.kind, small.cfg.model.backbone) == ("text", "main", "auto")
+    assert not [n for n in parts if n.startswith("text-small-")]
+    assert {p.kind for p in plan("cpu", kinds=("rank",))} == {"rank"}  # --only rank: no extras
+    sweeps = [p for p in parts.values() if p.kind != "main" and p.same_as is None]
+    assert sweeps and not any(p.cfg.personalize.enabled for p in sweeps)  # sweeps score the global model
+
+
 @pytest.mark.realdata
 def test_a_tiny_suite_reports_every_section_from_its_outputs(shared_root, data_root, tmp_path, capsys):
     cfg = config_from_dict(tiny_raw(shared_root, data_root))  # r=4, E=1, 2 rounds

@@ -33,6 +33,9 @@ SUITES = {
     "cpu": {"text": "configs/ptb-smollm2-cpu.yaml", "image": "configs/cifar-cpu.yaml"},
     "paper": {"text": "configs/ptb-paper.yaml", "image": "configs/cifar-paper.yaml"},
 }
+# Extra main comparisons, without sweeps, named apart from the task: the cpu suite's text task
+# on the small offline-pretrained GPT-2 (every output labels that backbone as ours).
+EXTRAS = {"cpu": {"text-small": "configs/ptb-cpu.yaml"}, "paper": {}}
 SWEEP_ALGORITHM = "fedgen"
 RANKS = tuple(paper.ablation_values()["rank"])
 EPOCHS = tuple(paper.ablation_values()["local_epochs"])
@@ -90,12 +93,16 @@ def plan(
     ranks: tuple[int, ...] = RANKS,
     epochs: tuple[int, ...] = EPOCHS,
     kinds: tuple[str, ...] = KINDS,
+    extras: dict[str, Config] | None = None,
 ) -> list[PlanPart]:
-    """The suite's parts: per task the main comparison, then the rank and local-epoch sweeps."""
+    """The suite's parts: per task the main comparison, then the rank and local-epoch sweeps; then
+    the ``extras`` (name -> config: main comparisons only; a suite's own: ``EXTRAS``)."""
     if configs is None:
         if suite not in SUITES:
             raise FedgenError(f"--suite: expected one of {', '.join(SUITES)}, got {suite!r}")
         configs = {t: load_config(config_path(p), overrides) for t, p in SUITES[suite].items()}
+        if extras is None:
+            extras = {n: load_config(config_path(p), overrides) for n, p in EXTRAS[suite].items()}
     algs = algorithms or algorithm_names()
     parts: list[PlanPart] = []
     for task, cfg in configs.items():
@@ -115,6 +122,8 @@ def plan(
                 same = task if main and v == base and SWEEP_ALGORITHM in algs else None
                 c = _with(swept, section, f"{cfg.name}-{tag}{v}", **{field: v})
                 parts.append(PlanPart(name, task, kind, v, c, [SWEEP_ALGORITHM], same))
+    if "main" in kinds:
+        parts += [PlanPart(n, c.task, "main", None, c, list(algs)) for n, c in (extras or {}).items()]
     return parts
 
 
