@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedgen.errors import FedgenError
 from fedgen.report.parts import SUITE_FILE, find_parts, read_json, seed_runs
-from fedgen.report.sections import _small_copy
+from fedgen.report.sections import GRIDS_SHOWN, _small_copy
 from fedgen.report.suite import write_suite_report
 
 PART_FILES = ("compare.json", "compare.md")
@@ -17,21 +17,20 @@ RUN_FILES = ("summary.json", "metrics.jsonl", "personalization.json", "samples.j
 
 
 def publish_suite(src: str | Path, out: str | Path) -> Path:
-    """Write ``src``'s suite report, then copy it to ``out`` with what it reads; return ``out/report.md``.
+    """Copy what ``src``'s suite report reads to ``out`` and build the report there; return its path.
 
     Runs keep ``RUN_FILES``; the sample grids the report shows (main parts) are kept at native
     resolution. ``out`` must be new or an earlier publication of a suite (it is replaced).
     """
     src, out = Path(src), Path(out)
-    report = write_suite_report(src)
+    if not find_parts(src):
+        raise FedgenError(f"{src}: no finished compare outputs (compare.json) found")
     if out.exists() and not (out / "report.md").is_file():
         raise FedgenError(f"{out}: exists and is not a published suite; choose a new directory")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     if (src / SUITE_FILE).is_file():
         shutil.copy2(src / SUITE_FILE, out / SUITE_FILE)
-    shutil.copy2(report, out / "report.md")
-    shutil.copytree(src / "figures", out / "figures")
     for part in find_parts(src):
         dst = out / part.dir.relative_to(src)
         dst.mkdir(parents=True, exist_ok=True)
@@ -41,7 +40,7 @@ def publish_suite(src: str | Path, out: str | Path) -> Path:
         for alg in part.compare["table"]:
             for _, run in seed_runs(part, alg):
                 _publish_run(run, dst / run.name, grids=part.kind == "main")
-    return out / "report.md"
+    return write_suite_report(out)  # built from the copied files only
 
 
 def _publish_run(run: Path, dst: Path, grids: bool) -> None:
@@ -50,7 +49,10 @@ def _publish_run(run: Path, dst: Path, grids: bool) -> None:
         if (run / name).is_file():
             shutil.copy2(run / name, dst / name)
     summary = read_json(run / "summary.json") or {}
-    for png in (summary.get("grids") or {}).values() if grids else ():
+    shown = GRIDS_SHOWN.get(summary.get("algorithm"), []) if grids else []
+    for who, png in (summary.get("grids") or {}).items():
+        if shown is not None and who not in shown:
+            continue
         if (run / "samples" / png).is_file():
             (dst / "samples").mkdir(exist_ok=True)
             _small_copy(run / "samples" / png, dst / "samples" / png)

@@ -20,6 +20,14 @@ from fedgen.report.parts import (
 )
 
 SAMPLE_ORDER = ["central-full", "central-lora", "fedgen", "fedavg-full", "local", "ditto", "fedper"]
+# The sample grids a suite report shows (each ~0.2 MB): central, FedGen-Edge's global model and its
+# personalized clients, FedAvg-full and one local-only client. None: every grid the run drew.
+GRIDS_SHOWN: dict[str, list[str] | None] = {
+    "central-full": ["global"],
+    "fedgen": None,
+    "fedavg-full": ["global"],
+    "local": ["client_000"],
+}
 SWEEPS = {"rank": ("LoRA rank r", "lora.r"), "epochs": ("local epochs E", "fl.local_epochs")}
 
 
@@ -216,10 +224,12 @@ def _small_copy(src: Path, dst: Path) -> None:
 def sample_grids(mains: list[Part], fig_dir: Path) -> list[str]:
     lines = []
     for part in mains:  # runs whose task drew sample grids (summary.json's "grids")
-        for alg in [a for a in SAMPLE_ORDER if a in part.compare["table"]]:
+        for alg in [a for a in SAMPLE_ORDER if a in part.compare["table"] and a in GRIDS_SHOWN]:
             runs = run_dirs(part, alg)
             s = read_json(runs[0] / "summary.json") if runs else None
             for who, png in ((s or {}).get("grids") or {}).items():
+                if GRIDS_SHOWN[alg] is not None and who not in GRIDS_SHOWN[alg]:
+                    continue
                 src = runs[0] / "samples" / png
                 if src.is_file():
                     dst = fig_dir / f"grid-{part.name}-{alg}-{who}.png"

@@ -172,6 +172,7 @@ compare_columns = [
     ("fid_avg", "FID-avg, clients' models"),
     ("kid_clients", "KID, clients' models"),
     ("class_acc_clients", "class acc, clients' models"),
+    ("local_test_fdc_global_mean", "local FD-classifier (global)"),
     ("local_test_fdc_personalized_mean", "local FD-classifier (personalized)"),
     ("upload_bytes_total", "upload total"),
     ("wall_seconds", "wall s"),
