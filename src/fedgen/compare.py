@@ -171,9 +171,17 @@ def backbone_summary(cfg: Config, seed: int, out: Path, progress: bool) -> dict:
 
 
 def compare(
-    cfg: Config, algorithms: list[str], seeds: list[int], out_dir: str | Path, progress: bool = True
+    cfg: Config,
+    algorithms: list[str],
+    seeds: list[int],
+    out_dir: str | Path,
+    progress: bool = True,
+    reference: bool = True,
 ) -> dict:
-    """Run the grid, write ``compare.json`` and ``compare.md`` into ``out_dir``; return the result."""
+    """Run the grid, write ``compare.json`` and ``compare.md`` into ``out_dir``; return the result.
+
+    ``reference``: add the untouched backbone's row (scored like every run; a suite's sweeps skip it).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -184,14 +192,14 @@ def compare(
             s = run_one(cfg, alg, seed, out / f"{alg}-seed{seed}", progress)
             rows.append(flatten(s))
     title = f"{cfg.name}: {len(algorithms)} algorithms x seeds {seeds}"
-    reference = [flatten(backbone_summary(cfg, seed, out, progress)) for seed in seeds]
+    backbone = [flatten(backbone_summary(cfg, seed, out, progress)) for seed in seeds] if reference else []
     report = task_class(cfg.task).report
-    table = aggregate(reference + rows, report.compare_columns)
+    table = aggregate(backbone + rows, report.compare_columns)
     md = markdown(table, title, report.compare_columns, report.compare_notes(cfg), report.paper)
     result = {
         "config": cfg.to_dict(),
         "rows": rows,
-        "reference": reference,
+        "reference": backbone,
         "table": table,
         "paper": report.paper,
     }

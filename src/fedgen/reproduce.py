@@ -259,7 +259,7 @@ def run_suite(
         if progress:
             print(f"[{i}/{len(todo)}] {p.name}: {', '.join(p.algorithms)} x seeds {seeds} -> {out / p.dir}")
         t = time.time()
-        compare(p.cfg, p.algorithms, seeds, out / p.dir, progress=progress)
+        compare(p.cfg, p.algorithms, seeds, out / p.dir, progress=progress, reference=p.kind == "main")
         meta["parts"][parts.index(p)]["wall_seconds"] = round(time.time() - t, 1)
         save("running")
     save("finished")
