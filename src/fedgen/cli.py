@@ -183,7 +183,7 @@ def _seeds(text: str) -> list[int]:
 def cmd_reproduce(args) -> int:
     from fedgen.config import load_config
     from fedgen.registry import algorithm_names
-    from fedgen.reproduce import EXTRAS, KINDS, SUITES, config_path, describe, plan, run_suite
+    from fedgen.reproduce import KINDS, SUITES, config_path, describe, extra_configs, plan, run_suite
 
     overrides = list(args.set or [])
     if args.data_dir:
@@ -202,8 +202,7 @@ def cmd_reproduce(args) -> int:
         raise FedgenError(
             f"unknown algorithm(s) {sorted(set(algs) - set(known))}; choose from {', '.join(known)}"
         )
-    extras = {n: load_config(config_path(p), overrides) for n, p in EXTRAS[args.suite].items()}
-    extras = {n: c for n, c in extras.items() if c.task in tasks}
+    extras = extra_configs(args.suite, overrides, tasks)
     parts = plan(configs=configs, algorithms=algs, kinds=kinds, extras=extras)
     seeds = _seeds(args.seeds)
     if args.dry_run:

@@ -84,6 +84,12 @@ def _with(cfg: Config, section: str, name: str, **values) -> Config:
     return config_from_dict(c.to_dict())
 
 
+def extra_configs(suite: str, overrides: list[str] | None = None, tasks: list[str] | None = None):
+    """The suite's ``EXTRAS`` (name -> config), only those of ``tasks`` when given."""
+    extras = {n: load_config(config_path(p), overrides) for n, p in EXTRAS[suite].items()}
+    return {n: c for n, c in extras.items() if tasks is None or c.task in tasks}
+
+
 def plan(
     suite: str | None = None,
     *,
@@ -102,7 +108,7 @@ def plan(
             raise FedgenError(f"--suite: expected one of {', '.join(SUITES)}, got {suite!r}")
         configs = {t: load_config(config_path(p), overrides) for t, p in SUITES[suite].items()}
         if extras is None:
-            extras = {n: load_config(config_path(p), overrides) for n, p in EXTRAS[suite].items()}
+            extras = extra_configs(suite, overrides)
     algs = algorithms or algorithm_names()
     parts: list[PlanPart] = []
     for task, cfg in configs.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedgen.errors import FedgenError
 from fedgen.report.parts import SUITE_FILE, find_parts, read_json, seed_runs
-from fedgen.report.sections import GRIDS_SHOWN, _small_copy
+from fedgen.report.sections import _small_copy, grids_shown
 from fedgen.report.suite import write_suite_report
 
 PART_FILES = ("compare.json", "compare.md")
@@ -23,7 +23,8 @@ def publish_suite(src: str | Path, out: str | Path) -> Path:
     resolution. ``out`` must be new or an earlier publication of a suite (it is replaced).
     """
     src, out = Path(src), Path(out)
-    if not find_parts(src):
+    parts = find_parts(src)
+    if not parts:
         raise FedgenError(f"{src}: no finished compare outputs (compare.json) found")
     if out.exists() and not (out / "report.md").is_file():
         raise FedgenError(f"{out}: exists and is not a published suite; choose a new directory")
@@ -31,7 +32,7 @@ def publish_suite(src: str | Path, out: str | Path) -> Path:
     out.mkdir(parents=True)
     if (src / SUITE_FILE).is_file():
         shutil.copy2(src / SUITE_FILE, out / SUITE_FILE)
-    for part in find_parts(src):
+    for part in parts:
         dst = out / part.dir.relative_to(src)
         dst.mkdir(parents=True, exist_ok=True)
         for name in PART_FILES:
@@ -48,11 +49,7 @@ def _publish_run(run: Path, dst: Path, grids: bool) -> None:
     for name in RUN_FILES:
         if (run / name).is_file():
             shutil.copy2(run / name, dst / name)
-    summary = read_json(run / "summary.json") or {}
-    shown = GRIDS_SHOWN.get(summary.get("algorithm"), []) if grids else []
-    for who, png in (summary.get("grids") or {}).items():
-        if shown is not None and who not in shown:
-            continue
+    for png in grids_shown(read_json(run / "summary.json")).values() if grids else ():
         if (run / "samples" / png).is_file():
             (dst / "samples").mkdir(exist_ok=True)
             _small_copy(run / "samples" / png, dst / "samples" / png)

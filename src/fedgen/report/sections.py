@@ -28,6 +28,17 @@ GRIDS_SHOWN: dict[str, list[str] | None] = {
     "fedavg-full": ["global"],
     "local": ["client_000"],
 }
+
+
+def grids_shown(summary: dict | None) -> dict[str, str]:
+    """``{who: png}`` of the run's sample grids that a suite report shows (``GRIDS_SHOWN``)."""
+    grids = (summary or {}).get("grids") or {}
+    if (summary or {}).get("algorithm") not in GRIDS_SHOWN:
+        return {}
+    shown = GRIDS_SHOWN[summary["algorithm"]]
+    return {who: png for who, png in grids.items() if shown is None or who in shown}
+
+
 SWEEPS = {"rank": ("LoRA rank r", "lora.r"), "epochs": ("local epochs E", "fl.local_epochs")}
 
 
@@ -224,12 +235,9 @@ def _small_copy(src: Path, dst: Path) -> None:
 def sample_grids(mains: list[Part], fig_dir: Path) -> list[str]:
     lines = []
     for part in mains:  # runs whose task drew sample grids (summary.json's "grids")
-        for alg in [a for a in SAMPLE_ORDER if a in part.compare["table"] and a in GRIDS_SHOWN]:
+        for alg in [a for a in SAMPLE_ORDER if a in part.compare["table"]]:
             runs = run_dirs(part, alg)
-            s = read_json(runs[0] / "summary.json") if runs else None
-            for who, png in ((s or {}).get("grids") or {}).items():
-                if GRIDS_SHOWN[alg] is not None and who not in GRIDS_SHOWN[alg]:
-                    continue
+            for who, png in grids_shown(read_json(runs[0] / "summary.json") if runs else None).items():
                 src = runs[0] / "samples" / png
                 if src.is_file():
                     dst = fig_dir / f"grid-{part.name}-{alg}-{who}.png"

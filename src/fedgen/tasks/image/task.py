@@ -26,7 +26,7 @@ from fedgen.models import cgan
 from fedgen.models.conv_lora import add_generator_lora, generator_conv_names
 from fedgen.tasks.base import TaskSetup
 from fedgen.tasks.image import report
-from fedgen.tasks.image.backbone import GAN_SOURCE_LABEL, backbone_dir, pretrain_gan
+from fedgen.tasks.image.backbone import backbone_dir, pretrain_gan
 from fedgen.tasks.image.data import evaluation_classifier, images, load_image_partition, splits
 from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, gan_of
 
@@ -162,13 +162,12 @@ class ImageTask:
             partition=part,
             eval_sets={"test": Images(torch.from_numpy(data.test_x), torch.from_numpy(data.test_y))},
             backbone={
-                # every cgan checkpoint is fedgen's own pre-training (gan_pretrain.save_backbone)
-                "source": meta.get("source") or GAN_SOURCE_LABEL,
+                "source": meta.get("source"),
                 "path": str(path),
                 "params": cgan.count(gan),
                 "params_split": meta.get("params"),
                 "architecture": meta.get("architecture"),
-                "pretrain": meta.get("pretrain") or _pretrain_facts(meta),
+                "pretrain": meta.get("pretrain"),
                 "recipe": meta.get("recipe"),
                 "data_source": data.source,
                 "classifier": classifier.meta,
@@ -227,17 +226,3 @@ class ImageTask:
         data = self.data()
         part = load_image_partition(self.cfg, data.train_y[splits(self.cfg, data)[1]])
         return json.dumps(part.stats["summary"], indent=2)
-
-
-def _pretrain_facts(meta: dict) -> dict | None:
-    """The pre-training block of a checkpoint saved without one (e.g. by ``scripts/pretrain_cgan.py``)."""
-    if "steps" not in meta:
-        return None
-    recipe = meta.get("recipe") or {}
-    keys = ("public_fraction", "public_images")
-    return {
-        **{k: meta.get(k) for k in keys},
-        "steps": meta["steps"],
-        "batch_size": recipe.get("batch_size"),
-        "seed": recipe.get("seed"),
-    }
