@@ -61,6 +61,15 @@ def test_the_cpu_suite_is_smollm2_and_the_cgan_with_the_small_backbone_as_an_ext
     assert sweeps and not any(p.cfg.personalize.enabled for p in sweeps)  # sweeps score the global model
 
 
+def test_every_text_table_names_its_backbone_and_labels_our_offline_one_as_a_substitute():
+    from fedgen.tasks.text.report import compare_notes
+
+    parts = {p.name: p for p in plan("cpu")}
+    assert "SmolLM2-135M-Instruct, a real pretrained LM" in compare_notes(parts["text"].cfg)
+    assert "pre-trained by fedgen offline" in compare_notes(parts["text-small"].cfg)
+    assert "offline substitute" in compare_notes(parts["text-small"].cfg)
+
+
 @pytest.mark.realdata
 def test_a_tiny_suite_reports_every_section_from_its_outputs(shared_root, data_root, tmp_path, capsys):
     cfg = config_from_dict(tiny_raw(shared_root, data_root))  # r=4, E=1, 2 rounds

