@@ -32,11 +32,11 @@ GRIDS_SHOWN: dict[str, list[str] | None] = {
 
 def grids_shown(summary: dict | None) -> dict[str, str]:
     """``{who: png}`` of the run's sample grids that a suite report shows (``GRIDS_SHOWN``)."""
-    grids = (summary or {}).get("grids") or {}
-    if (summary or {}).get("algorithm") not in GRIDS_SHOWN:
+    summary = summary or {}
+    if summary.get("algorithm") not in GRIDS_SHOWN:
         return {}
     shown = GRIDS_SHOWN[summary["algorithm"]]
-    return {who: png for who, png in grids.items() if shown is None or who in shown}
+    return {who: png for who, png in (summary.get("grids") or {}).items() if shown is None or who in shown}
 
 
 SWEEPS = {"rank": ("LoRA rank r", "lora.r"), "epochs": ("local epochs E", "fl.local_epochs")}

