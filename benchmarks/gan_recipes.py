@@ -4,7 +4,7 @@ Every variant trains for the same budget of process CPU seconds (1 thread by def
 figure is compute, not a share of a busy machine), then its EMA generator is scored with the
 project's evaluation classifier: class accuracy of 1,000 class-balanced samples and the
 FD-classifier against the CIFAR-10 test set (the way every run scores models; see
-:func:`fedgen.gan_pretrain.evaluate`). Prints a table and writes ``OUT/results.json``.
+:func:`fedgen.tasks.image.pretrain.evaluate`). Prints a table and writes ``OUT/results.json``.
 Training is resumable per variant (``OUT/<variant>/checkpoint.pt``); evaluation happens after
 all variants trained, so the classifier cache can still be filling meanwhile.
 
@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from fedgen.data.cifar10 import load_cifar10, public_split
-from fedgen.gan_pretrain import Recipe, evaluate, pretrain
-from fedgen.metrics.classifier import load_or_train_classifier
 from fedgen.models.cgan import GanConfig
+from fedgen.tasks.image.classifier import load_or_train_classifier
 from fedgen.tasks.image.gan import Images
+from fedgen.tasks.image.pretrain import Recipe, evaluate, pretrain
 
 BASE_CONFIG = GanConfig(nz=128, ngf=32, ndf=32)
 BASE_RECIPE = Recipe(steps=10**6)  # the CPU budget ends each run

@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from fedgen.config import config_from_dict  # noqa: E402
-from fedgen.run import run_experiment  # noqa: E402
+from fedgen.experiment.run import run_experiment  # noqa: E402
 
 # (run name, algorithm, batched_clients)
 RUNS = (

@@ -3,7 +3,7 @@
 The same clients, starting adapter, data, seeds and local steps run through
 :class:`fedgen.runtime.simulate.InProcessRuntime` twice per repeat: one by one (``Client.fit`` per
 client) and batched (``fit_many``: one backbone pass per step for every client, see
-:mod:`fedgen.fl.multiclient`). Clients hold unequal numbers of training windows, so they have
+:mod:`fedgen.fl.batched`). Clients hold unequal numbers of training windows, so they have
 different numbers of batches, a partial last batch, and drop out of the batched pass at different
 steps. Printed side by side: client-steps/s of each, their ratio (batched / sequential) and the max
 |diff| of the resulting adapters (fp32 on CPU: float rounding only; CUDA trains under bf16 autocast).
@@ -36,12 +36,13 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fedgen.device import resolve  # noqa: E402
+from fedgen.core.device import resolve  # noqa: E402
 from fedgen.fl.algorithms import FedAvgClient  # noqa: E402
-from fedgen.fl.client import Client, ClientData, LocalTrainConfig  # noqa: E402
+from fedgen.fl.client import Client, LocalTrainConfig  # noqa: E402
 from fedgen.models.lora import add_lora, init_adapter  # noqa: E402
 from fedgen.models.params import ParamSet  # noqa: E402
 from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
+from fedgen.tasks.base import ClientData
 from fedgen.tasks.text.lm import HFCodec, LMObjective, WordCodec  # noqa: E402
 
 

@@ -48,11 +48,11 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from fedgen.config import Config, load_config  # noqa: E402
-from fedgen.experiment import Experiment  # noqa: E402
+from fedgen.config import Config, clients_per_round, load_config  # noqa: E402
+from fedgen.experiment.build import Experiment  # noqa: E402
+from fedgen.experiment.registry import make_task  # noqa: E402
 from fedgen.fl.client import derive_seed  # noqa: E402
-from fedgen.fl.server import clients_per_round, federate, sample_clients  # noqa: E402
-from fedgen.registry import make_task  # noqa: E402
+from fedgen.fl.server import federate, sample_clients  # noqa: E402
 from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
 
 GOAL = 1.03
@@ -83,7 +83,7 @@ class _CountingRuntime(InProcessRuntime):
 def run_federated(exp: Experiment, init: State, rounds: int, runtime: Any = None) -> State:
     cfg = exp.cfg
     if runtime is None:
-        runtime = InProcessRuntime(exp.spec.client_logic(exp), exp.data, cfg.seed)
+        runtime = InProcessRuntime(exp.client_logic(), exp.data, cfg.seed)
     return federate(
         runtime,
         init,
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     # Untimed warm-up of each variant; it also checks step counts and equivalence.
-    counter = _CountingRuntime(exp.spec.client_logic(exp), exp.data, cfg.seed)
+    counter = _CountingRuntime(exp.client_logic(), exp.data, cfg.seed)
     fed_ref = run_federated(exp, init, args.rounds, counter)
     bare_ref, bare_steps = run_bare(exp, init, args.rounds)
     if not counter.steps == bare_steps == n_steps:

@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from fedgen.config import load_config  # noqa: E402
+from fedgen.experiment.run import run_experiment  # noqa: E402
 from fedgen.fl.client import FitResult  # noqa: E402
-from fedgen.run import run_experiment  # noqa: E402
 from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
 
 # (round, position among the round's answers) -> how the update is spoiled; >= 3 of each kind

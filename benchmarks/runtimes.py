@@ -2,7 +2,7 @@
 
 The same config, sampled clients, seeds and local steps run (A) in-process
 (:class:`fedgen.runtime.simulate.InProcessRuntime`) and (B) on a Flower deployment over loopback
-(:class:`fedgen.runtime.flower.loopback.Loopback`: SuperLink + one SuperNode per client, TLS,
+(:class:`fedgen.testing.flower_loopback.Loopback`: SuperLink + one SuperNode per client, TLS,
 SuperNode auth), optionally (C) on Flower's Simulation Engine (``--sim``). Per round we time
 ``runtime.fit`` (send the global state, every sampled client trains, replies back), which is what
 the runtime changes; evaluation and checkpoints are the same code in every runtime and are left
@@ -34,8 +34,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from fedgen.config import apply_overrides, config_from_dict  # noqa: E402
-from fedgen.run import run_experiment  # noqa: E402
-from fedgen.rundir import read_state  # noqa: E402
+from fedgen.experiment.run import run_experiment  # noqa: E402
+from fedgen.experiment.rundir import read_state  # noqa: E402
 from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
 
 
@@ -85,8 +85,8 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/runtimes.json")
     a = p.parse_args()
     from fedgen.data.ptb import data_root
-    from fedgen.runtime.flower.launch import run_deploy, run_sim, settings_for
-    from fedgen.runtime.flower.loopback import CONNECTION, Loopback
+    from fedgen.deploy.launch import run_deploy, run_sim, settings_for
+    from fedgen.testing.flower_loopback import CONNECTION, Loopback
 
     root = Path(a.root or tempfile.mkdtemp(prefix="fedgen-bench-runtimes-"))
     cfg = config_from_dict(apply_overrides(tiny(root, str(data_root(None)), a.clients, a.rounds), a.set))

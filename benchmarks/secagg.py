@@ -4,7 +4,7 @@ m clients each hold a change of the adapter's size (Gaussian, std ``--std``, fix
 weight n_k. (A) plain FedAvg of the changes (:func:`fedgen.fl.aggregate.fedavg`); (B) one round
 of Flower's ``SecAggPlusWorkflow`` with ``secaggplus_mod`` on each ClientApp
 (:func:`fedgen.runtime.flower.secagg.secure_round`, the runtime's code), the apps in this
-process over Flower's protobuf (:class:`fedgen.runtime.flower.inline.InlineGrid`). No training:
+process over Flower's protobuf (:class:`fedgen.testing.flower_inline.InlineGrid`). No training:
 only what SecAgg+ adds is timed. Reported: max |B - A|, its bound m * (2c/Q) / sum(n_k / max n),
 protobuf bytes per round of (B) against plain messages carrying the same states, and seconds.
 
@@ -23,11 +23,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedgen.config_schema import SecAggConfig
+from fedgen.config.schema import SecAggConfig
 from fedgen.fl.aggregate import fedavg
-from fedgen.runtime.flower.inline import SUPERLINK, InlineGrid
 from fedgen.runtime.flower.records import to_arrays
 from fedgen.runtime.flower.secagg import fitres_reply, read_fitins, secagg_when_asked, secure_round
+from fedgen.testing.flower_inline import SUPERLINK, InlineGrid
 
 
 def client_app(changes: dict[int, dict], sizes: dict[int, int]) -> ClientApp:

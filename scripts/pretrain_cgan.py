@@ -26,11 +26,11 @@ import torch
 
 from fedgen.config import load_config
 from fedgen.data.cifar10 import load_cifar10
-from fedgen.gan_pretrain import evaluate
-from fedgen.metrics.classifier import load_or_train_classifier
 from fedgen.models import cgan
 from fedgen.tasks.image.backbone import backbone_dir, pretrain_gan
+from fedgen.tasks.image.classifier import load_or_train_classifier
 from fedgen.tasks.image.gan import Images
+from fedgen.tasks.image.pretrain import evaluate
 
 CPU_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar-cpu.yaml"
 

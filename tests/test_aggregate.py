@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from fedgen.errors import UpdateError
+from fedgen.core.errors import UpdateError
 from fedgen.fl.aggregate import (
     clip_update_norm,
     coordinate_median,
@@ -17,7 +17,7 @@ from fedgen.fl.aggregate import (
     trimmed_mean,
     validate_update,
 )
-from fedgen.fl.comm import deserialize, formula_bytes, num_params, serialize
+from fedgen.fl.wire import deserialize, formula_bytes, num_params, serialize
 
 SHAPES = {"layer.0.lora_A.weight": (8, 32), "layer.0.lora_B.weight": (32, 8), "layer.1.bias": (5,)}
 

@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from conftest import tiny_raw
-from fedgen.compare import compare
+from fedgen.commands.compare import compare
 from fedgen.config import config_from_dict
-from fedgen.drivers import pooled_data
-from fedgen.errors import FedgenError
-from fedgen.experiment import Experiment
+from fedgen.core.errors import FedgenError
+from fedgen.core.seeding import derive_seed
+from fedgen.experiment.build import Experiment
+from fedgen.experiment.loop import pooled_data
+from fedgen.experiment.run import run_experiment
 from fedgen.fl.algorithms import ALGORITHMS, DittoClient, FedPerClient
-from fedgen.fl.client import derive_seed
-from fedgen.fl.comm import serialize, upload_total_formula
+from fedgen.fl.wire import serialize, upload_total_formula
 from fedgen.models.gpt import build_gpt, count_params, freeze, gpt2_config
 from fedgen.models.lora import add_lora
 from fedgen.models.params import ParamSet
-from fedgen.run import run_experiment
 
 pytestmark = pytest.mark.realdata
 
@@ -50,7 +50,7 @@ def test_all_algorithms_share_data_partition_backbone_and_round_zero(summaries, 
 
 def test_fedper_never_uploads_its_personal_layers(summaries, shared_root, data_root):
     exp = Experiment.build(config_from_dict(raw_for(shared_root, data_root, "fedper")), progress=False)
-    logic = exp.spec.client_logic(exp)
+    logic = exp.client_logic()
     assert isinstance(logic, FedPerClient)
     personal = logic.personal_keys
     assert personal and all(k.startswith(("transformer.h.1.", "transformer.ln_f.")) for k in personal)
@@ -162,7 +162,7 @@ def test_compare_tabulates_mean_and_std_and_skips_finished_runs(shared_root, dat
     md = (out / "compare.md").read_text()
     assert "paper (reported, not ours)" in md and "central-lora" in md
 
-    import fedgen.compare as cmp
+    import fedgen.commands.compare as cmp
 
     monkeypatch.setattr(cmp, "run_experiment", lambda *a, **k: pytest.fail("finished runs must be skipped"))
     r2 = compare(cfg, ["local", "central-lora"], [0, 1], out, progress=False)
@@ -180,7 +180,7 @@ def test_a_loaded_backbone_is_used_with_its_own_architecture(shared_root, data_r
     raw["model"]["backbone"] = str(two_layers)
     raw["algorithm"] = {"name": "fedper"}
     exp = Experiment.build(config_from_dict(raw), progress=False)
-    personal = exp.spec.client_logic(exp).personal_keys
+    personal = exp.client_logic().personal_keys
     assert personal and all(k.startswith(("transformer.h.1.", "transformer.ln_f.")) for k in personal)
     s = run_experiment(config_from_dict(raw), shared_root / "own-architecture", progress=False)
     assert s["backbone"]["architecture"]["n_layer"] == 2

@@ -21,8 +21,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from fedgen.core.errors import FedgenError
 from fedgen.data.ptb import EOS, Vocab, read_sentences
-from fedgen.errors import FedgenError
 from fedgen.metrics.word_ppl import (
     count_words,
     encode_lines,
@@ -407,8 +407,8 @@ def test_federating_lora_on_a_hugging_face_causal_lm(
 
     from conftest import tiny_raw
     from fedgen.config import config_from_dict
+    from fedgen.experiment.run import run_experiment
     from fedgen.models.lora import read_adapter
-    from fedgen.run import run_experiment
 
     raw = tiny_raw(tmp_path, data_root, rounds=2)
     raw["model"] = {"backbone": str(tiny_dirs[arch]), "context": 32}

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from fedgen.data.cifar10 import load_cifar10, public_split
-from fedgen.gan_pretrain import Recipe, evaluate, pretrain, save_backbone
-from fedgen.metrics.classifier import load_or_train_classifier
 from fedgen.models import cgan
 from fedgen.models.conv_lora import LoraConvTranspose2d, add_generator_lora, generator_conv_names
+from fedgen.tasks.image.classifier import load_or_train_classifier
 from fedgen.tasks.image.gan import Images
+from fedgen.tasks.image.pretrain import Recipe, evaluate, pretrain, save_backbone
 
 SMALL = cgan.GanConfig(nz=16, ngf=8, ndf=8)
 

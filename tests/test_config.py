@@ -8,7 +8,8 @@ import pytest
 
 from fedgen import cli
 from fedgen.config import Config, apply_overrides, config_from_dict, load_config
-from fedgen.errors import ConfigError
+from fedgen.core.errors import ConfigError
+from fedgen.experiment.registry import check_config
 from fedgen.tasks.text.task import TextTask
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -107,13 +108,13 @@ def test_boundary_values_are_accepted() -> None:
 
 def test_n_embd_not_divisible_by_n_head_raises(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="n_head"):
-        load_config(_write(tmp_path, "model:\n  n_embd: 100\n  n_head: 12\n"))
+        check_config(load_config(_write(tmp_path, "model:\n  n_embd: 100\n  n_head: 12\n")))
 
 
 @pytest.mark.parametrize("targets", [["c_attn"], ["q_proj", "c_attn"], []])
 def test_lora_targets_outside_q_k_v_raise(targets: list[str]) -> None:
     with pytest.raises(ConfigError, match="lora.targets"):
-        config_from_dict({"lora": {"targets": targets}})
+        check_config(config_from_dict({"lora": {"targets": targets}}))
 
 
 def test_invalid_yaml_raises_config_error_with_line_number(tmp_path: Path) -> None:

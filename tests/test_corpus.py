@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from fedgen.core.errors import DataError
 from fedgen.data.corpus import load_pretrain_corpus, normalise, pretrain_files
 from fedgen.data.ptb import EOS, UNK, Vocab, load_ptb
-from fedgen.errors import DataError
 
 # --------------------------------------------------------------------------------------------- fixtures
 

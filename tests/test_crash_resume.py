@@ -15,16 +15,16 @@ import pytest
 import torch
 import yaml
 
-from fedgen import registry
 from fedgen.config import config_from_dict
-from fedgen.run import run_experiment
-from fedgen.rundir import read_state
-from test_task_registry import DummyTask
+from fedgen.experiment import registry
+from fedgen.experiment.run import run_experiment
+from fedgen.experiment.rundir import read_state
+from fedgen.testing.dummy_task import DummyTask
 
 TESTS = Path(__file__).resolve().parent
 # `fedgen run` with the dummy task (tests/test_task_registry.py) registered first
 CLI = (
-    "import sys; from fedgen import registry; from test_task_registry import DummyTask; "
+    "import sys; from fedgen.experiment import registry; from fedgen.testing.dummy_task import DummyTask; "
     "registry.register_task('dummy', DummyTask); from fedgen.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import closed_port
 from fedgen.cli import main
+from fedgen.core.errors import ConfigError, DataError
 from fedgen.data import cifar10
 from fedgen.data.cifar10 import (
     CIFAR10_FILES,
@@ -30,7 +31,6 @@ from fedgen.data.partition import (
     build_label_partition,
     label_dirichlet_partition,
 )
-from fedgen.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------------------------- helpers
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import closed_port
+from fedgen.core.errors import DataError
 from fedgen.data import ptb
 from fedgen.data.ptb import EOS, UNK, Vocab, data_root, fetch_ptb, load_ptb, read_sentences, verify_ptb
-from fedgen.errors import DataError
 
 # --------------------------------------------------------------------------------------------- fixtures
 

@@ -8,10 +8,11 @@ import math
 
 import pytest
 
-from fedgen import registry
-from fedgen.config import ConfigError, config_from_dict
-from fedgen.run import run_experiment
-from test_task_registry import DummyTask
+from fedgen.config import config_from_dict
+from fedgen.core.errors import ConfigError
+from fedgen.experiment import registry
+from fedgen.experiment.run import run_experiment
+from fedgen.testing.dummy_task import DummyTask
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_partial_work_really_stops_after_the_allowed_steps():
     import torch
 
     from fedgen.fl.client import LocalTrainConfig, local_train
-    from test_task_registry import RegressionObjective, TinyRegressor
+    from fedgen.testing.dummy_task import RegressionObjective, TinyRegressor
 
     model = TinyRegressor()
     params = list(model.parameters())

@@ -14,8 +14,8 @@ from conftest import tiny_raw
 from fedgen.cli import main
 from fedgen.config import config_from_dict, load_config
 from fedgen.data.ptb import load_ptb
-from fedgen.experiment import Experiment
-from fedgen.run import run_experiment, saved_model_state
+from fedgen.experiment.build import Experiment
+from fedgen.experiment.run import run_experiment, saved_model_state
 from fedgen.tasks.image.gan import gan_of
 
 pytestmark = pytest.mark.realdata
@@ -77,7 +77,7 @@ def test_an_exported_gpt2_loads_with_transformers_alone_and_gives_the_unmerged_l
 def test_the_exported_tokenizer_round_trips_ptb_text(text_run, data_root, tmp_path):
     from transformers import AutoTokenizer
 
-    from fedgen.export import export
+    from fedgen.commands.export import export
 
     out = export(text_run, tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(out)
@@ -94,7 +94,7 @@ def test_the_exported_tokenizer_round_trips_ptb_text(text_run, data_root, tmp_pa
 def test_an_exported_generator_loads_without_fedgen_and_draws_the_unmerged_images(
     shared_root, cifar_root, tmp_path
 ):
-    from fedgen.export import export
+    from fedgen.commands.export import export
     from test_image import tiny_image_run
 
     run, _ = tiny_image_run(shared_root / "image", cifar_root)  # the image tests' run, made once

@@ -13,14 +13,14 @@ from peft import PeftModel
 from conftest import tiny_raw
 from fedgen.cli import main
 from fedgen.config import config_from_dict
-from fedgen.errors import CheckpointError
-from fedgen.experiment import Experiment
-from fedgen.fl.comm import serialize
+from fedgen.core.errors import CheckpointError
+from fedgen.experiment.build import Experiment
+from fedgen.experiment.run import run_experiment
+from fedgen.experiment.summary import SUMMARY_FIELDS, task_fields
 from fedgen.fl.server import sample_clients
+from fedgen.fl.wire import serialize
 from fedgen.models.gpt import load_backbone
 from fedgen.models.lora import read_adapter
-from fedgen.run import run_experiment
-from fedgen.summary import SUMMARY_FIELDS, task_fields
 from fedgen.tasks.text.task import TextTask
 
 
@@ -241,7 +241,7 @@ def test_a_public_ptb_slice_can_pretrain_the_backbone_and_no_client_holds_it(sha
 
 
 def test_ptb_public_source_needs_a_public_slice(shared_root, data_root):
-    from fedgen.errors import ConfigError
+    from fedgen.core.errors import ConfigError
 
     raw = tiny_raw(shared_root, data_root)
     raw["pretrain"]["sources"] = ["ptb-public"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import closed_port
+from fedgen.core.errors import DataError
 from fedgen.data import corpus_fetch as corpus
 from fedgen.data.corpus import pretrain_files
 from fedgen.data.corpus_fetch import PRETRAIN_MANIFEST, PretrainDownload, fetch_pretrain
-from fedgen.errors import DataError
 
 # --------------------------------------------------------------------------------------------- helpers
 

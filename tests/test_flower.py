@@ -18,16 +18,17 @@ import torch
 
 from conftest import tiny_raw
 from fedgen.config import config_from_dict
-from fedgen.fl.client import ClientData, FitResult
-from fedgen.run import run_experiment
-from fedgen.rundir import read_state
+from fedgen.experiment.run import run_experiment
+from fedgen.experiment.rundir import read_state
+from fedgen.fl.client import FitResult
 from fedgen.runtime.simulate import InProcessRuntime
 from fedgen.runtime.store import ClientStore
+from fedgen.tasks.base import ClientData
 
 flwr = pytest.importorskip("flwr")
 
-from fedgen.runtime.flower.launch import run_deploy, run_sim, settings_for  # noqa: E402
-from fedgen.runtime.flower.loopback import CONNECTION, Loopback  # noqa: E402
+from fedgen.deploy.launch import run_deploy, run_sim, settings_for  # noqa: E402
+from fedgen.testing.flower_loopback import CONNECTION, Loopback  # noqa: E402
 
 
 def flower_cfg(root: Path, data_root: Path, algorithm: str = "fedgen"):

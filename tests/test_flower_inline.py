@@ -18,10 +18,10 @@ pytest.importorskip("flwr")
 
 @pytest.mark.realdata
 def test_a_lost_and_a_malformed_flower_client_leave_the_round_to_the_others(shared_root, data_root, caplog):
-    from fedgen.runtime.flower.client_app import make_client_app
-    from fedgen.runtime.flower.inline import run_inline
-    from fedgen.runtime.flower.launch import settings_for
-    from fedgen.runtime.flower.server_app import make_server_app
+    from fedgen.deploy.client_app import make_client_app
+    from fedgen.deploy.launch import settings_for
+    from fedgen.deploy.server_app import make_server_app
+    from fedgen.testing.flower_inline import run_inline
 
     raw = tiny_raw(shared_root, data_root, fraction=1.0, rounds=1, min_clients=1)
     raw["data"]["num_clients"] = 3

@@ -15,16 +15,16 @@ import torch
 
 from conftest import tiny_raw
 from fedgen.config import config_from_dict
-from fedgen.run import run_experiment
-from fedgen.rundir import read_state
+from fedgen.experiment.run import run_experiment
+from fedgen.experiment.rundir import read_state
 from fedgen.runtime.store import ClientStore
 
 pytest.importorskip("flwr")
 
-from fedgen.runtime.flower.client_app import make_client_app, store_for  # noqa: E402
-from fedgen.runtime.flower.inline import run_inline  # noqa: E402
-from fedgen.runtime.flower.launch import settings_for  # noqa: E402
-from fedgen.runtime.flower.server_app import make_server_app  # noqa: E402
+from fedgen.deploy.client_app import make_client_app, store_for  # noqa: E402
+from fedgen.deploy.launch import settings_for  # noqa: E402
+from fedgen.deploy.server_app import make_server_app  # noqa: E402
+from fedgen.testing.flower_inline import run_inline  # noqa: E402
 
 
 def personal_cfg(root: Path, data_root: Path, algorithm: str):

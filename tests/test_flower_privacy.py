@@ -22,12 +22,13 @@ import torch
 
 from conftest import tiny_raw
 from fedgen.config import config_from_dict
-from fedgen.errors import ConfigError
+from fedgen.core.errors import ConfigError
+from fedgen.experiment.registry import check_config
+from fedgen.experiment.run import run_experiment
+from fedgen.experiment.rundir import read_state
 from fedgen.fl.client import FitResult
 from fedgen.fl.dp import add_noise, clip_change, epsilon
 from fedgen.fl.server import RoundPolicy, federate
-from fedgen.run import run_experiment
-from fedgen.rundir import read_state
 
 pytest.importorskip("flwr")
 
@@ -65,7 +66,7 @@ def test_secagg_needs_a_flower_runtime_and_client_side_dp(tmp_path):
     assert config_from_dict(raw).dp.mode == "client"
     raw["algorithm"] = {"name": "fedper"}
     with pytest.raises(ConfigError, match="fedper keeps per-client states"):
-        config_from_dict(raw)
+        check_config(config_from_dict(raw))
     raw["algorithm"] = {"name": "fedgen"}
     raw["devices"] = {"enabled": True}
     with pytest.raises(ConfigError, match="devices.enabled: simulated devices are not combined"):
@@ -128,7 +129,7 @@ class _Scripted:
 
 
 def test_central_dp_averages_the_clipped_changes_with_uniform_weights():
-    from fedgen.config_schema import DPConfig
+    from fedgen.config.schema import DPConfig
 
     dp = DPConfig(mode="central", noise_multiplier=0.0, clipping_norm=1.0)
     out = federate(
@@ -141,7 +142,7 @@ def test_central_dp_averages_the_clipped_changes_with_uniform_weights():
 
 
 def test_under_secure_aggregation_the_client_runs_the_servers_checks_on_its_own_update():
-    from fedgen.config_schema import DPConfig
+    from fedgen.config.schema import DPConfig
     from fedgen.fl.server import client_update
 
     policy = RoundPolicy(client_sizes={3: 10}, clip_norm=2.0)
@@ -179,11 +180,11 @@ def secagg_cfg(root: Path, data_root: Path, secagg: bool = True):
 def test_secagg_gives_fedavg_within_the_quantization_error_and_the_server_sees_only_the_sum(
     shared_root, data_root, monkeypatch
 ):
+    from fedgen.deploy.client_app import make_client_app
+    from fedgen.deploy.launch import settings_for
+    from fedgen.deploy.server_app import make_server_app
     from fedgen.runtime.flower import runtime as flower_runtime
-    from fedgen.runtime.flower.client_app import make_client_app
-    from fedgen.runtime.flower.inline import run_inline
-    from fedgen.runtime.flower.launch import settings_for
-    from fedgen.runtime.flower.server_app import make_server_app
+    from fedgen.testing.flower_inline import run_inline
 
     cfg = secagg_cfg(shared_root, data_root)
     run_experiment(
@@ -233,8 +234,8 @@ def test_secagg_gives_fedavg_within_the_quantization_error_and_the_server_sees_o
 
 
 def _train_sizes(root: Path, cfg) -> list:
-    from fedgen.runtime.flower.config import experiment_for
-    from fedgen.runtime.flower.launch import settings_for
+    from fedgen.deploy.launch import settings_for
+    from fedgen.deploy.run_config import experiment_for
 
     exp, _ = experiment_for(settings_for(cfg, root / "secagg"))
     return [d.train for d in exp.data.values()]

@@ -2,7 +2,7 @@
 
 Config parsing (:func:`config_from_dict`, :func:`apply_overrides`, :func:`load_config`)
 raises nothing but :class:`ConfigError`, one line; adapter and update deserialization
-(:func:`read_adapter`, :func:`read_state`, :func:`fedgen.fl.comm.deserialize`,
+(:func:`read_adapter`, :func:`read_state`, :func:`fedgen.fl.wire.deserialize`,
 :func:`validate_update`) raise nothing but :class:`CheckpointError` / :class:`UpdateError`
 for random bytes, truncated files, hand-made safetensors headers (huge or overflowing shapes,
 unknown dtypes, lying offsets), wrong dtypes and NaN/Inf values, and change nothing they read.
@@ -27,11 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedgen.config import Config, apply_overrides, config_from_dict, load_config
-from fedgen.errors import CheckpointError, ConfigError, UpdateError
+from fedgen.core.errors import CheckpointError, ConfigError, UpdateError
+from fedgen.experiment.rundir import MODEL_FILE, read_state
 from fedgen.fl.aggregate import validate_update
-from fedgen.fl.comm import deserialize, serialize
+from fedgen.fl.wire import deserialize, serialize
 from fedgen.models.lora import read_adapter
-from fedgen.rundir import MODEL_FILE, read_state
 
 FUZZ = settings(
     max_examples=150,

@@ -12,16 +12,19 @@ import torch
 from torch import nn
 
 from fedgen.cli import main
-from fedgen.config import ConfigError, config_from_dict
-from fedgen.experiment import Experiment
-from fedgen.fl.client import Client, ClientData, LocalTrainConfig
-from fedgen.gan_pretrain import generator_loss
+from fedgen.config import config_from_dict
+from fedgen.core.errors import ConfigError
+from fedgen.experiment.build import Experiment
+from fedgen.experiment.registry import check_config
+from fedgen.experiment.run import run_experiment
+from fedgen.experiment.rundir import read_state
+from fedgen.fl.client import Client, LocalTrainConfig
 from fedgen.models import cgan
+from fedgen.models.cgan import generator_loss
 from fedgen.models.conv_lora import LoraConvTranspose2d, add_generator_lora, load_image_adapter
 from fedgen.models.lora import save_adapter
 from fedgen.models.params import ParamSet
-from fedgen.run import run_experiment
-from fedgen.rundir import read_state
+from fedgen.tasks.base import ClientData
 from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, stratified_labels
 from fedgen.tasks.image.task import fedper_gan_personal_keys, generator_blocks
 
@@ -342,10 +345,10 @@ def test_fedgen_fid_recomputes_a_finished_runs_inception_figures(
 def test_the_backbone_cache_key_follows_the_recipe_and_a_killed_pretraining_resumes(
     image_root, cifar_root, tmp_path
 ):
-    from fedgen.gan_pretrain import pretrain
     from fedgen.models.cgan import load
     from fedgen.tasks.image.backbone import gan_config, gan_recipe
     from fedgen.tasks.image.data import splits
+    from fedgen.tasks.image.pretrain import pretrain
     from fedgen.tasks.image.task import ImageTask
 
     raw = tiny_image_raw(tmp_path, cifar_root)
@@ -415,9 +418,11 @@ def test_image_partition_keeps_the_public_slice_away_from_clients(finished_image
 
 def test_image_config_errors_are_one_line_and_name_the_key(cifar_root, tmp_path):
     with pytest.raises(ConfigError, match="data.partition: the image task supports dirichlet or iid"):
-        config_from_dict({"task": "image"})
+        check_config(config_from_dict({"task": "image"}))
     with pytest.raises(ConfigError, match="image.ngf"):
-        config_from_dict({"task": "image", "data": {"partition": "dirichlet"}, "image": {"ngf": 0}})
+        check_config(
+            config_from_dict({"task": "image", "data": {"partition": "dirichlet"}, "image": {"ngf": 0}})
+        )
 
 
 def test_cli_pretrain_checks_the_task(tmp_path, capsys):
@@ -445,7 +450,7 @@ def test_cli_data_partition_prints_the_classes_per_client_histogram(image_root, 
 
 
 def test_compare_tabulates_image_runs_beside_the_untouched_backbone(image_root, cifar_root, tmp_path):
-    from fedgen.compare import compare
+    from fedgen.commands.compare import compare
 
     raw = tiny_image_raw(image_root, cifar_root)
     raw["fl"]["rounds"] = 1

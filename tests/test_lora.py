@@ -11,8 +11,8 @@ import torch
 from peft import PeftModel
 from transformers import GPT2LMHeadModel
 
+from fedgen.core.errors import FedgenError
 from fedgen.data.ptb import Vocab
-from fedgen.errors import FedgenError
 from fedgen.models.gpt import (
     BACKBONE_META,
     VOCAB_FILE,

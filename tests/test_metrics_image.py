@@ -11,9 +11,8 @@ import scipy.linalg
 import torch
 
 from conftest import _unavailable
-from fedgen.errors import FedgenError
+from fedgen.core.errors import FedgenError
 from fedgen.metrics import fid as fidmod
-from fedgen.metrics.classifier import FD_CLASSIFIER_LABEL, FEATURE_DIM, load_or_train_classifier
 from fedgen.metrics.fid import (
     InceptionFeatures,
     fid_from_feats,
@@ -23,6 +22,7 @@ from fedgen.metrics.fid import (
     kid,
     reference_stats,
 )
+from fedgen.tasks.image.classifier import FD_CLASSIFIER_LABEL, FEATURE_DIM, load_or_train_classifier
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -266,7 +266,7 @@ def test_classifier_features_and_predictions_accept_both_image_formats(tmp_path)
 
 
 def test_classifier_rejects_malformed_training_data(tmp_path):
-    from fedgen.errors import DataError
+    from fedgen.core.errors import DataError
 
     x, y = _toy_split(4, 8)
     with pytest.raises(DataError):

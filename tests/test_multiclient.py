@@ -19,14 +19,15 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedgen.config import config_from_dict
-from fedgen.errors import ConfigError
+from fedgen.core.errors import ConfigError
 from fedgen.fl.algorithms import DittoClient, FedAvgClient
-from fedgen.fl.client import Client, ClientData, LocalTrainConfig
-from fedgen.fl.multiclient import unsupported
+from fedgen.fl.batched import unsupported
+from fedgen.fl.client import Client, LocalTrainConfig
 from fedgen.models.gpt import build_gpt, gpt2_config
 from fedgen.models.lora import add_lora, init_adapter, read_adapter, save_adapter
 from fedgen.models.params import ParamSet
 from fedgen.runtime.simulate import InProcessRuntime, use_batched
+from fedgen.tasks.base import ClientData
 from fedgen.tasks.text.lm import LMObjective
 
 ROOT = Path(__file__).resolve().parent.parent

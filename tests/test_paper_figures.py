@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fedgen.compare import aggregate, markdown
-from fedgen.report import paper
+from fedgen.commands.compare import aggregate
+from fedgen.report.compare_table import markdown
+from fedgen.tasks import paper
 from fedgen.tasks.image import report as image_report
 from fedgen.tasks.text import report as text_report
 

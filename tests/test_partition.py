@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedgen.core.errors import ConfigError
 from fedgen.data.partition import (
     Partition,
     build_partition,
@@ -17,7 +18,6 @@ from fedgen.data.partition import (
     train_test_split,
 )
 from fedgen.data.ptb import load_ptb
-from fedgen.errors import ConfigError
 
 SUMMARY_KEYS = {
     "num_clients",

@@ -10,13 +10,13 @@ import pytest
 
 from conftest import tiny_raw
 from fedgen.cli import main
+from fedgen.commands.reproduce import plan, plan_rows, run_suite
 from fedgen.config import config_from_dict
-from fedgen.errors import FedgenError
-from fedgen.registry import algorithm_names
+from fedgen.core.errors import FedgenError
+from fedgen.experiment.registry import algorithm_names
 from fedgen.report.figures import is_png
 from fedgen.report.publish import publish_suite
 from fedgen.report.suite import SECTIONS
-from fedgen.reproduce import plan, plan_rows, run_suite
 
 
 def test_the_paper_suites_dry_run_plan_has_the_papers_settings(tmp_path, capsys):

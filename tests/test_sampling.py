@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from fedgen.fl.server import clients_per_round, sample_clients
+from fedgen.config import clients_per_round
+from fedgen.fl.server import sample_clients
 
 
 @pytest.mark.parametrize(

@@ -146,7 +146,8 @@ def test_update_norm_clipping_bounds_the_step_of_the_global_state():
 
 
 def test_the_robust_aggregator_is_chosen_by_the_config(tmp_path):
-    from fedgen.config import ConfigError, config_from_dict
+    from fedgen.config import config_from_dict
+    from fedgen.core.errors import ConfigError
 
     cfg = config_from_dict({"fl": {"aggregator": "trimmed-mean", "trim_beta": 0.2, "clip_norm": 1.5}})
     assert (cfg.fl.aggregator, cfg.fl.trim_beta, cfg.fl.clip_norm) == ("trimmed-mean", 0.2, 1.5)
@@ -158,7 +159,7 @@ def test_the_robust_aggregator_is_chosen_by_the_config(tmp_path):
 def test_upload_bytes_are_the_serialized_size_of_each_received_update():
     """Not len(serialize(global)) x m: a dropped client adds nothing, an oversized (rejected) one
     adds its real size, and the download is the global state to every sampled client."""
-    from fedgen.fl.comm import serialize
+    from fedgen.fl.wire import serialize
 
     sampled = sample_clients(8, 0.5, 0, 1)
     big = {"a.lora_A.weight": torch.zeros(2, 40), "a.lora_B.weight": torch.zeros(4, 2)}
@@ -192,7 +193,7 @@ def test_fednova_normalizes_by_local_steps_and_equals_fedavg_for_equal_steps():
 
 
 def test_a_report_of_a_run_whose_every_round_was_skipped_says_n_a_for_the_upload_size():
-    from fedgen.report.common import clients_and_upload
+    from fedgen.tasks.reporting import clients_and_upload
 
     s = {"rounds": 2, "num_clients": 4, "clients_per_round": 2, "bytes_per_upload": None}
     work, upload = clients_and_upload({**s, "upload_params": 8, "upload_bytes_total": 0})

@@ -8,11 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from fedgen.errors import FedgenError
+from fedgen.core.errors import FedgenError
 
 
 def _load(args) -> object:
+    """The config of ``--config`` with ``--set`` and the shorthand flags applied, checked against
+    the registry (algorithm and task names, the task's own settings)."""
     from fedgen.config import load_config
+    from fedgen.experiment.registry import check_config
 
     overrides = list(args.set or [])
     if getattr(args, "backbone", None):
@@ -21,24 +24,24 @@ def _load(args) -> object:
         overrides.append(f"device={args.device}")
     if getattr(args, "data_dir", None):
         overrides.append(f"data.dir={args.data_dir}")
-    return load_config(args.config, overrides)
+    return check_config(load_config(args.config, overrides))
 
 
 def _result_table(summary: dict) -> str:
-    from fedgen.registry import task_class
+    from fedgen.experiment.registry import task_class
 
     return task_class(summary.get("task", "text")).report.result_table(summary)
 
 
 def cmd_run(args) -> int:
-    from fedgen.run import run_experiment
+    from fedgen.experiment.run import run_experiment
 
     if getattr(args, "runtime", None):
         args.set = [*(args.set or []), f"runtime={args.runtime}"]
     cfg = _load(args) if (args.config or not args.resume) else None
     runtime = args.runtime or (cfg.runtime if cfg is not None else _saved_runtime(args.resume))
     if runtime != "in-process":
-        from fedgen.runtime.flower.launch import run_on_flower
+        from fedgen.deploy.launch import run_on_flower
 
         summary = run_on_flower(cfg, args.out, args.resume, args.stop_after, runtime)
     elif args.resume:
@@ -80,8 +83,8 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from fedgen.compare import compare
-    from fedgen.registry import algorithm_names
+    from fedgen.commands.compare import compare
+    from fedgen.experiment.registry import algorithm_names
 
     cfg = _load(args)
     known = algorithm_names()
@@ -102,7 +105,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from fedgen.registry import make_task
+    from fedgen.experiment.registry import make_task
 
     cfg = _load(args)
     if args.task and args.task != cfg.task:
@@ -118,8 +121,8 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     from fedgen.config import load_config
-    from fedgen.experiment import Experiment
-    from fedgen.run import saved_model_state
+    from fedgen.experiment.build import Experiment
+    from fedgen.experiment.run import saved_model_state
 
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
@@ -132,7 +135,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from fedgen.export import export
+    from fedgen.commands.export import export
 
     out = export(args.run, args.out, args.client)
     print(f"exported to {out} (see {out}/fedgen_export.json)")
@@ -140,7 +143,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_fid(args) -> int:
-    from fedgen.run import recompute_fid
+    from fedgen.experiment.run import recompute_fid
 
     table, written = recompute_fid(args.run_dir, args.n, progress=not args.quiet)
     print(table)
@@ -149,9 +152,9 @@ def cmd_fid(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fedgen.registry import task_class
+    from fedgen.experiment.registry import task_class
+    from fedgen.experiment.rundir import RunDir
     from fedgen.report.parts import is_suite
-    from fedgen.rundir import RunDir
 
     rd = RunDir(Path(args.run))
     if not (rd.path / "summary.json").is_file() and is_suite(rd.path):
@@ -181,9 +184,9 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_reproduce(args) -> int:
+    from fedgen.commands.reproduce import KINDS, SUITES, config_path, describe, extra_configs, plan, run_suite
     from fedgen.config import load_config
-    from fedgen.registry import algorithm_names
-    from fedgen.reproduce import KINDS, SUITES, config_path, describe, extra_configs, plan, run_suite
+    from fedgen.experiment.registry import algorithm_names
 
     overrides = list(args.set or [])
     if args.data_dir:
@@ -239,7 +242,7 @@ def cmd_data(args) -> int:
             paths = cifar10.verify_cifar10(args.dir)
             print(f"CIFAR-10 OK ({len(paths)} files in {ptb.data_root(args.dir) / 'cifar10'})")
     elif args.action == "partition":
-        from fedgen.registry import make_task
+        from fedgen.experiment.registry import make_task
 
         print(make_task(_load(args)).describe_partition())
     return 0
@@ -269,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=cmd_run)
 
-    from fedgen.runtime.flower.guide import DEPLOY_GUIDE
+    from fedgen.deploy.guide import DEPLOY_GUIDE
 
     dp = sub.add_parser(
         "deploy",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from fedgen.errors import DataError
+from fedgen.core.errors import DataError
 
 _CHUNK = 1 << 20
 

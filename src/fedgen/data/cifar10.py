@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgen.core.errors import DataError
 from fedgen.data.checksums import check_sha256, read_sha256sums, sha256_file
 from fedgen.data.download import stream_to_temp
 from fedgen.data.ptb import data_root
-from fedgen.errors import DataError
 
 __all__ = [
     "CIFAR10",

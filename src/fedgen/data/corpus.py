@@ -47,9 +47,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fedgen.core.errors import DataError
 from fedgen.data.checksums import check_sha256, read_sha256sums
 from fedgen.data.ptb import EOS, UNK, Vocab, data_root
-from fedgen.errors import DataError
 
 __all__ = [
     "ABBREVIATIONS",

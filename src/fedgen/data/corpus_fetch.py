@@ -11,10 +11,10 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
+from fedgen.core.errors import DataError
 from fedgen.data.checksums import sha256_file
 from fedgen.data.corpus import _CHUNK, _pretrain_dir
 from fedgen.data.download import stream_to_temp
-from fedgen.errors import DataError
 
 #: Default host of the downloads; a URL is ``{base}/{repo}/{commit}/{path}`` (see :func:`fetch_pretrain`).
 PRETRAIN_URL = "https://raw.githubusercontent.com"

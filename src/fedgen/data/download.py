@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from fedgen.errors import DataError
+from fedgen.core.errors import DataError
 
 CHUNK = 1 << 20
 

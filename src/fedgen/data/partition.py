@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedgen.errors import ConfigError
+from fedgen.core.errors import ConfigError
 
 Sentence = list[str]
 Document = list[Sentence]
@@ -222,7 +222,7 @@ def build_partition(
 ) -> Partition:
     """Partition documents across clients (``scheme`` = "lda" or "iid") and split each 80/20."""
     if num_clients > len(docs):
-        from fedgen.errors import ConfigError
+        from fedgen.core.errors import ConfigError
 
         raise ConfigError(
             f"config data.num_clients: {num_clients} clients but only {len(docs)} documents; "

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgen.core.errors import DataError
 from fedgen.data.checksums import check_sha256, sha256_file
 from fedgen.data.download import stream_to_temp
-from fedgen.errors import DataError
 
 __all__ = [
     "EOS",

@@ -15,36 +15,16 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedgen.errors import UpdateError
+from fedgen.core.errors import UpdateError
+from fedgen.models.params import all_finite
 
 State = Mapping[str, torch.Tensor]  # read-only view of fedgen.models.params.State
-
-
-def all_finite(t: torch.Tensor) -> bool:
-    """True when ``t`` holds no NaN/Inf; integer and bool tensors always are.
-
-    Dtypes for which torch has no ``isfinite`` kernel (float8) are checked in float32.
-    """
-    if not (t.is_floating_point() or t.is_complex()):
-        return True
-    try:
-        return bool(torch.isfinite(t).all())
-    except (NotImplementedError, RuntimeError):
-        return bool(torch.isfinite(t.to(torch.float32)).all())
-
-
-def first_nonfinite(state: State) -> str | None:
-    """The first key (in order) whose tensor holds NaN or Inf, else None."""
-    for k, t in state.items():
-        if isinstance(t, torch.Tensor) and not all_finite(t):
-            return k
-    return None
 
 
 def validate_update(update: State, reference: State, who: str = "client") -> None:
     """Reject an update whose keys, shapes or dtypes differ from ``reference``, or that holds NaN/Inf.
 
-    Raises :class:`~fedgen.errors.UpdateError` (one line) for any malformed ``update``,
+    Raises :class:`~fedgen.core.errors.UpdateError` (one line) for any malformed ``update``,
     whatever its type; reads both arguments and modifies neither.
     """
     if not isinstance(update, Mapping):

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from fedgen.fl.aggregate import first_nonfinite
-from fedgen.fl.client import Client, ClientData, FitResult, derive_seed
-from fedgen.models.params import State
-
-if TYPE_CHECKING:
-    from fedgen.experiment import Experiment
+from fedgen.config import AlgorithmConfig
+from fedgen.core.seeding import derive_seed
+from fedgen.fl.client import Client, FitResult
+from fedgen.models.params import State, first_nonfinite
+from fedgen.tasks.base import ClientData
 
 
 class ClientLogic(Protocol):
@@ -46,20 +45,32 @@ class ClientLogic(Protocol):
 
 
 @dataclass(frozen=True)
+class LogicInputs:
+    """What an algorithm's client-logic factory is given: the client (its objective, trained
+    parameters and local-training settings), the round-0 state, the algorithm's config section,
+    and ``personal_keys(blocks)``: the task's keys of the last ``blocks`` blocks (FedPer)."""
+
+    client: Client
+    init: State
+    options: AlgorithmConfig
+    personal_keys: Callable[[int], list[str]]
+
+
+@dataclass(frozen=True)
 class AlgorithmSpec:
     name: str
     trains: str  # "lora" | "full"
     mode: str  # "federated" | "local" | "central"
     has_global: bool  # a single global model exists and is evaluated on the global sets
     personalized: str | None  # "finetune" | "kept" | None
-    client_logic: Callable[[Experiment], ClientLogic] | None = None  # federated mode only
+    client_logic: Callable[[LogicInputs], ClientLogic] | None = None  # federated mode only
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {}
 
 
 def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:
-    """Make ``algorithm.name: spec.name`` select ``spec`` (see :mod:`fedgen.registry`)."""
+    """Make ``algorithm.name: spec.name`` select ``spec`` (see :mod:`fedgen.experiment.registry`)."""
     if spec.mode == "federated" and spec.client_logic is None:
         raise ValueError(f"federated algorithm {spec.name!r} needs a client_logic factory")
     ALGORITHMS[spec.name] = spec
@@ -124,18 +135,17 @@ class DittoClient(FedAvgClient):
         return FitResult(k, r.state, r.num_examples, {**r.metrics, "personal_loss": v.metrics["train_loss"]})
 
 
-def _fedper(exp: Experiment) -> FedPerClient:
-    blocks = exp.cfg.algorithm.fedper_personal_blocks
-    personal = exp.task.personal_keys(exp.params.model, exp.params.keys(), blocks)
-    return FedPerClient(exp.client, personal, {k: exp.init[k] for k in personal})
+def _fedper(x: LogicInputs) -> FedPerClient:
+    personal = x.personal_keys(x.options.fedper_personal_blocks)
+    return FedPerClient(x.client, personal, {k: x.init[k] for k in personal})
 
 
-def _ditto(exp: Experiment) -> DittoClient:
-    return DittoClient(exp.client, exp.cfg.algorithm.ditto_lambda)
+def _ditto(x: LogicInputs) -> DittoClient:
+    return DittoClient(x.client, x.options.ditto_lambda)
 
 
-def _fedavg(exp: Experiment) -> FedAvgClient:
-    return FedAvgClient(exp.client)
+def _fedavg(x: LogicInputs) -> FedAvgClient:
+    return FedAvgClient(x.client)
 
 
 for _spec in (

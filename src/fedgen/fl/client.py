@@ -6,7 +6,6 @@ Nothing here knows how messages travel: the in-process simulator calls
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,14 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedgen.device import autocast, device_of
+from fedgen.core.device import autocast, device_of
 from fedgen.models.params import ParamSet, State
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from (seed, round, client, ...): independent of call order, stable across runs."""
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+from fedgen.tasks.base import ClientData
 
 
 @dataclass
@@ -34,15 +28,6 @@ class LocalTrainConfig:
     max_grad_norm: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     max_steps: int | None = None  # stop after this many optimiser steps (a straggler's partial work)
-
-
-@dataclass
-class ClientData:
-    """One client's local data: training examples and held-out evaluation data (task-defined)."""
-
-    client_id: int
-    train: Any  # task examples with len(): [n, context + 1] token windows, or Images
-    test: Any  # evaluation data: a token stream, or Images
 
 
 @dataclass

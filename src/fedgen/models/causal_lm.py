@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTra
 from transformers.pytorch_utils import Conv1D
 
 from fedgen import _quiet_transformers
-from fedgen.errors import FedgenError
+from fedgen.core.errors import FedgenError
 from fedgen.models.gpt import BACKBONE_META, SplitQKV, count_params, freeze, split_qkv
 
 _quiet_transformers()

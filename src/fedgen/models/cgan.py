@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fedgen.errors import CheckpointError
+from fedgen.core.errors import CheckpointError
 
 GAN_FILE = "gan.safetensors"
 GAN_META = "fedgen_gan.json"
@@ -267,3 +267,44 @@ def load(path: str | Path) -> tuple[CondGAN, dict]:
     except RuntimeError as e:
         raise CheckpointError(f"{path / GAN_FILE} does not fit its architecture: {e}") from None
     return gan, meta
+
+
+# -- losses (pre-training and federated fine-tuning share them) --
+
+
+def augment(images: torch.Tensor, gen: torch.Generator, policy: str) -> torch.Tensor:
+    """DiffAugment with ``policy`` ("" = none), drawing its randomness from ``gen``."""
+    return diff_augment(images, gen, policy) if policy else images
+
+
+def discriminator_loss(
+    D: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    labels: torch.Tensor,
+    gen: torch.Generator,
+    diffaug: str,
+    ac_weight: float,
+) -> torch.Tensor:
+    """Hinge loss on augmented real and fake images + ``ac_weight`` x the AC class loss on the real ones."""
+    d_real, c_real = D(augment(real, gen, diffaug), labels, with_class_logits=True)
+    loss = d_hinge(d_real, D(augment(fake, gen, diffaug), labels))
+    if ac_weight > 0 and c_real is not None:
+        loss = loss + ac_weight * F.cross_entropy(c_real, labels)
+    return loss
+
+
+def generator_loss(
+    D: nn.Module,
+    fake: torch.Tensor,
+    labels: torch.Tensor,
+    gen: torch.Generator,
+    diffaug: str,
+    ac_weight: float,
+) -> torch.Tensor:
+    """Hinge generator loss on augmented fakes + ``ac_weight`` x the AC class loss on them."""
+    d_fake, c_fake = D(augment(fake, gen, diffaug), labels, with_class_logits=True)
+    loss = g_hinge(d_fake)
+    if ac_weight > 0 and c_fake is not None:
+        loss = loss + ac_weight * F.cross_entropy(c_fake, labels)
+    return loss

@@ -24,7 +24,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from fedgen import _quiet_transformers
-from fedgen.errors import FedgenError
+from fedgen.core.errors import FedgenError
 
 if TYPE_CHECKING:
     from fedgen.data.ptb import Vocab

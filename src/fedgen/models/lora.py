@@ -16,9 +16,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fedgen.errors import CheckpointError
-from fedgen.fl.aggregate import first_nonfinite
-from fedgen.models.params import State
+from fedgen.core.errors import CheckpointError
+from fedgen.models.params import State, first_nonfinite
 
 
 def lora_config(r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> LoraConfig:
@@ -53,7 +52,7 @@ def read_adapter(path: str | Path) -> State:
     """Read the adapter tensors of a PEFT adapter directory (or a .safetensors file).
 
     A missing, unreadable or corrupt file, or one holding NaN/Inf, raises one
-    :class:`~fedgen.errors.CheckpointError` line; dtypes and shapes are as stored (the server
+    :class:`~fedgen.core.errors.CheckpointError` line; dtypes and shapes are as stored (the server
     checks them against the global state with ``validate_update``).
     """
     path = Path(path)

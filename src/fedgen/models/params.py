@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from fedgen.errors import CheckpointError
+from fedgen.core.errors import CheckpointError
 
 State = dict[str, torch.Tensor]  # an ordered name -> tensor mapping: what clients and server exchange
 
@@ -84,3 +84,24 @@ class ParamSet:
                         "(another LoRA rank or backbone?)"
                     )
                 p.copy_(v)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True when ``t`` holds no NaN/Inf; integer and bool tensors always are.
+
+    Dtypes for which torch has no ``isfinite`` kernel (float8) are checked in float32.
+    """
+    if not (t.is_floating_point() or t.is_complex()):
+        return True
+    try:
+        return bool(torch.isfinite(t).all())
+    except (NotImplementedError, RuntimeError):
+        return bool(torch.isfinite(t.to(torch.float32)).all())
+
+
+def first_nonfinite(state: State) -> str | None:
+    """The first key (in order) whose tensor holds NaN or Inf, else None."""
+    for k, t in state.items():
+        if isinstance(t, torch.Tensor) and not all_finite(t):
+            return k
+    return None

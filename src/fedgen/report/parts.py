@@ -77,7 +77,7 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 def task_spec(task: str) -> tuple[object, dict]:
-    from fedgen.registry import task_class
+    from fedgen.experiment.registry import task_class
 
     rep = task_class(task).report
     return rep, getattr(rep, "suite", None) or {

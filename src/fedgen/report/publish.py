@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fedgen.errors import FedgenError
+from fedgen.core.errors import FedgenError
 from fedgen.report.parts import SUITE_FILE, find_parts, read_json, seed_runs
 from fedgen.report.sections import _small_copy, grids_shown
 from fedgen.report.suite import write_suite_report

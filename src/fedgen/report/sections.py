@@ -1,12 +1,12 @@
 """The suite report's sections, each a list of markdown lines (figures written into ``fig_dir``).
-Every number comes from a part's run outputs; the paper's figures from :mod:`fedgen.report.paper`."""
+Every number comes from a part's run outputs; the paper's figures from :mod:`fedgen.tasks.paper`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fedgen.report import figures
-from fedgen.report import paper as paper_figs
+from fedgen.report.compare_table import markdown
 from fedgen.report.parts import (
     Part,
     algorithms,
@@ -18,6 +18,7 @@ from fedgen.report.parts import (
     seed_runs,
     task_spec,
 )
+from fedgen.tasks import paper as paper_figs
 
 SAMPLE_ORDER = ["central-full", "central-lora", "fedgen", "fedavg-full", "local", "ditto", "fedper"]
 # The sample grids a suite report shows (each ~0.2 MB): central, FedGen-Edge's global model and its
@@ -43,8 +44,6 @@ SWEEPS = {"rank": ("LoRA rank r", "lora.r"), "epochs": ("local epochs E", "fl.lo
 
 
 def main_tables(part: Part) -> list[str]:
-    from fedgen.compare import markdown
-
     rep, spec = task_spec(part.task)
     pt, paper = paper_figs.task(part.task), paper_figs.methods(part.task)
     label = spec["metric"][1]

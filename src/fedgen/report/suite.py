@@ -7,16 +7,16 @@ Sections: 1 main tables (ours, mean +- std over seeds, beside the paper's), 2 to
 3 convergence, 4 personalization per client, 5 rank ablation, 6 local-epoch ablation, 7 CIFAR-10
 sample grids, 8 text samples. Every number is read from run outputs (compare.json,
 metrics.jsonl, personalization.json, summary.json, samples); the paper's figures come from
-:mod:`fedgen.report.paper` and are labelled as the paper's.
+:mod:`fedgen.tasks.paper` and are labelled as the paper's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fedgen.report import paper as paper_figs
 from fedgen.report import sections as sec
 from fedgen.report.parts import SUITE_FILE, find_parts, read_json
+from fedgen.tasks import paper as paper_figs
 
 SECTIONS = [
     "1. Main results",
@@ -35,7 +35,7 @@ def write_suite_report(root: str | Path) -> Path:
     root = Path(root)
     parts = find_parts(root)
     if not parts:
-        from fedgen.errors import FedgenError
+        from fedgen.core.errors import FedgenError
 
         raise FedgenError(f"{root}: no finished compare outputs (compare.json) found")
     fig_dir = root / "figures"

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedgen.config import DevicesConfig
-from fedgen.fl.client import FitResult, derive_seed
-from fedgen.fl.comm import serialize
-from fedgen.fl.server import Runtime, clients_per_round
+from fedgen.config import DevicesConfig, clients_per_round
+from fedgen.core.seeding import derive_seed
+from fedgen.fl.client import FitResult
+from fedgen.fl.server import Runtime
+from fedgen.fl.wire import serialize
 from fedgen.models.params import State
 
 

@@ -1,5 +1,5 @@
 """In-process simulation: every sampled client trains on this machine, one after another or, with
-``batched``, all together in one batched pass (:mod:`fedgen.fl.multiclient`)."""
+``batched``, all together in one batched pass (:mod:`fedgen.fl.batched`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from contextlib import nullcontext
 
 import torch
 
-from fedgen.fl import multiclient
+from fedgen.core.seeding import derive_seed
+from fedgen.fl import batched
 from fedgen.fl.algorithms import ClientLogic
-from fedgen.fl.client import ClientData, FitResult, derive_seed
+from fedgen.fl.client import FitResult
 from fedgen.models.params import State
 from fedgen.runtime.store import ClientStore
+from fedgen.tasks.base import ClientData
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class InProcessRuntime:
     With ``store``, the clients' kept states (FedPer, Ditto) live in that on-disk
     :class:`~fedgen.runtime.store.ClientStore` instead of memory (what they held so far is moved there).
     With ``batched``, :meth:`fit` trains the clients together (:meth:`fit_many`) where the algorithm
-    and model allow it (:func:`fedgen.fl.multiclient.unsupported`), else sequentially.
+    and model allow it (:func:`fedgen.fl.batched.unsupported`), else sequentially.
     ``upload(result, global_state, round)``: what a client does to its result before sending it
     (e.g. DP clipping, :func:`fedgen.fl.server.client_update`).
     """
@@ -52,7 +54,7 @@ class InProcessRuntime:
             client.kept = store
         self.batched = batched
         if batched:
-            why = multiclient.unsupported(client)
+            why = batched.unsupported(client)
             if why is not None:
                 log.debug("batched multi-client training off, clients train one by one: %s", why)
                 self.batched = False
@@ -87,7 +89,7 @@ class InProcessRuntime:
         """The sequential loop's results (same seeds, batches and step limits) from one batched pass."""
         client = self.client.client
         limits = max_steps or {}
-        results = multiclient.fit_many(
+        results = batched.fit_many(
             client,
             state,
             [self.data[k] for k in client_ids],

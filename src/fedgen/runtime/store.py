@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fedgen.errors import CheckpointError
+from fedgen.core.errors import CheckpointError
 from fedgen.models.params import State
 
 

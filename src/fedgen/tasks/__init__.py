@@ -1,1 +1,1 @@
-"""Tasks: everything task-specific (tasks/base.py is the interface; fedgen.registry maps names)."""
+"""Tasks: everything task-specific (tasks/base.py is the interface; fedgen.experiment.registry maps names)."""

@@ -3,8 +3,8 @@
 A *task* (text on PTB, images on CIFAR-10, ...) owns everything task-specific: its data and
 partition, its frozen backbone (pre-training + cache), where the LoRA adapters go, the
 training objective, evaluation, end-of-run metrics, samples and its section of the report.
-The core (:mod:`fedgen.experiment`, :mod:`fedgen.drivers`, :mod:`fedgen.run`) only talks to
-these two protocols and never asks which task it runs:
+The experiment layer (:mod:`fedgen.experiment.build`, ``.loop``, ``.run``) only talks to
+these protocols and never asks which task it runs:
 
 * :class:`Objective`: what the one training loop (:func:`fedgen.fl.client.local_train`) and
   the evaluation need: batches, loss, per-session setup, scores.
@@ -12,7 +12,7 @@ these two protocols and never asks which task it runs:
   the task's outputs.
 
 A new task is one module with a class implementing :class:`Task`, registered under a config
-name with :func:`fedgen.registry.register_task`.
+name with :func:`fedgen.experiment.registry.register_task`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,16 @@ from torch import nn
 
 if TYPE_CHECKING:
     from fedgen.config import Config
-    from fedgen.experiment import Experiment
-    from fedgen.fl.client import ClientData
-    from fedgen.models.params import State
+    from fedgen.models.params import ParamSet, State
+
+
+@dataclass
+class ClientData:
+    """One client's local data: training examples and held-out evaluation data (task-defined)."""
+
+    client_id: int
+    train: Any  # task examples with len(): [n, context + 1] token windows, or Images
+    test: Any  # evaluation data: a token stream, or Images
 
 
 class Objective(Protocol):
@@ -59,6 +66,20 @@ class TaskSetup:
     eval_sets: dict[str, Any]  # global evaluation data by split name ("valid", "test", ...)
     backbone: dict[str, Any]  # summary.json's "backbone": source, path, params, architecture, ...
     adam_betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ExperimentView(Protocol):
+    """What a task's end-of-run hooks read of the experiment they run in (the experiment layer's
+    :class:`fedgen.experiment.build.Experiment` provides it; tasks never import that layer)."""
+
+    cfg: Config
+    params: ParamSet  # the model with its trained parameter set: ``params.load(state)``, ``params.model``
+
+    @property
+    def objective(self) -> Objective: ...
+
+    @property
+    def data(self) -> dict[int, ClientData]: ...
 
 
 class TaskReport(Protocol):
@@ -106,12 +127,12 @@ class Task(Protocol):
         """FedPer: the parameter keys of the last ``blocks`` blocks that stay on the client."""
 
     def finish(
-        self, exp: Experiment, run_dir: Path, global_state: State | None, personal, progress: bool = True
+        self, exp: ExperimentView, run_dir: Path, global_state: State | None, personal, progress: bool = True
     ) -> dict:
         """End-of-run metrics and samples of the global model and the clients' models
         (``personal(k)``: client k's deployed state, or None); returns fields added to summary.json."""
 
-    def generate(self, exp: Experiment, run_dir: Path, who: str, opts: Any) -> str:
+    def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
         """``fedgen generate``: sample from the loaded model; returns what to print."""
 
     def describe_partition(self) -> str:

@@ -1,13 +1,12 @@
 """Flower runtime: the same client logic and server loop, with messages carried by Flower 1.42.
 
 * :mod:`.runtime` -- :class:`FlowerRuntime`, the server loop's ``runtime.fit`` over a Flower ``Grid``
-* :mod:`.server_app` -- the ServerApp: builds the experiment and runs :func:`fedgen.run.run_experiment`
-  with a :class:`FlowerRuntime` (sampling, validation, FedAvg, accounting are the in-process ones)
-* :mod:`.client_app` -- the ClientApp: partition discovery (``query``) and ``train``, which calls the
-  algorithm's ``ClientLogic.fit`` with the in-process runtime's seed
-* :mod:`.launch` -- ``fedgen run --runtime flower-sim|flower-deploy``: app directory, ``flwr run``,
-  ``run_simulation``
+* :mod:`.records` -- our states and metrics as Flower records, and back (bit-exact)
+* :mod:`.secagg` -- SecAgg+ over the adapter update (Flower's workflow and mod)
 * :mod:`.pki` -- TLS certificates and SuperNode keys for a deployment (and the tests)
+
+The ServerApp and ClientApp that build an experiment around this runtime, and the launcher of
+``fedgen run --runtime flower-sim|flower-deploy``, are entry points: :mod:`fedgen.deploy`.
 
 Importing this package does not import ``flwr``; its submodules do.
 """

@@ -32,7 +32,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedgen.errors import FedgenError, UpdateError
+from fedgen.core.errors import FedgenError, UpdateError
 from fedgen.fl.client import FitResult
 from fedgen.fl.server import SecureRound
 from fedgen.models.params import State

@@ -1,5 +1,6 @@
 """The image task's backbone: the conditional GAN of :mod:`fedgen.models.cgan`, pre-trained offline on
-the public CIFAR-10 slice with the recipe of :mod:`fedgen.gan_pretrain` (hinge + AC loss, spectral norm,
+the public CIFAR-10 slice with the recipe of :mod:`fedgen.tasks.image.pretrain` (hinge + AC loss,
+spectral norm,
 TTUR, DiffAugment, EMA of G), resumable from its checkpoint, cached under a digest of the recipe."""
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedgen.data.cifar10 import CIFAR10, CLASSES
-from fedgen.gan_pretrain import Recipe, pretrain, recipe_key, save_backbone
 from fedgen.metrics.fid import images_digest
 from fedgen.models.cgan import GanConfig
 from fedgen.tasks.image.data import splits
+from fedgen.tasks.image.pretrain import Recipe, pretrain, recipe_key, save_backbone
 
 if TYPE_CHECKING:
     from fedgen.config import Config

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedgen.core.seeding import derive_seed
 from fedgen.data.cifar10 import CIFAR10, CLASSES, public_split
 from fedgen.data.partition import Partition, build_label_partition, cached_partition
-from fedgen.fl.client import derive_seed
-from fedgen.metrics.classifier import load_or_train_classifier
+from fedgen.tasks.image.classifier import load_or_train_classifier
 from fedgen.tasks.image.gan import Images
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ The image task's :class:`~fedgen.tasks.base.Objective`:
 
 One local GAN step = one discriminator step (``begin_local``'s callable, run by the loop
 before each generator step) + one generator step (``loss``), with the pre-training's losses
-(:func:`fedgen.gan_pretrain.discriminator_loss` / :func:`~fedgen.gan_pretrain.generator_loss`:
+(:func:`fedgen.tasks.image.pretrain.discriminator_loss` / :func:`~fedgen.tasks.image.pretrain.generator_loss`:
 hinge, DiffAugment on every image D sees, the AC class loss) on the batch's real labels, so a
 client's generator is trained on its own class mix. What the generator step trains is the
 algorithm's parameter set (the generator's LoRA tensors, or the whole generator); the
@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedgen.device import device_of
-from fedgen.gan_pretrain import discriminator_loss, generator_loss
+from fedgen.core.device import device_of
 from fedgen.metrics.fid import frechet_distance_to
+from fedgen.models.cgan import discriminator_loss, generator_loss
 
 
 @dataclass

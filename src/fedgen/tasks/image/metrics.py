@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fedgen.core.seeding import derive_seed
 from fedgen.data.cifar10 import CIFAR10, CLASSES
-from fedgen.fl.client import derive_seed
 from fedgen.metrics.fid import InceptionFeatures, frechet_distance_to, kid, reference_stats
 from fedgen.models.params import State
+from fedgen.tasks.base import ExperimentView
 from fedgen.tasks.image.gan import ClassMixtureReference, stratified_labels, to_uint8
 
 if TYPE_CHECKING:
@@ -88,7 +89,12 @@ def per_client_view(view: dict[str, dict], per: int) -> dict:
 
 
 def final_image_metrics(
-    exp, cifar: CIFAR10, global_state: State | None, personal, n: int | None = None, progress: bool = False
+    exp: ExperimentView,
+    cifar: CIFAR10,
+    global_state: State | None,
+    personal,
+    n: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Inception FID / KID (+ class accuracy) of the global model and of the clients' own models.
 
@@ -180,7 +186,7 @@ def save_grid(images: torch.Tensor, path: Path, rows: int, scale: int = 2) -> Pa
     return path
 
 
-def sample_grids(exp, run_dir: Path, global_state: State | None, personal) -> dict[str, str]:
+def sample_grids(exp: ExperimentView, run_dir: Path, global_state: State | None, personal) -> dict[str, str]:
     """10 classes x 10 samples PNGs: the global model and the first ``grid_clients`` clients' models."""
     labels = torch.arange(len(CLASSES)).repeat_interleave(10)
     out = {}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedgen.metrics.classifier import FD_CLASSIFIER_LABEL
-from fedgen.report import common
-from fedgen.report import paper as paper_figures
+from fedgen.tasks import paper as paper_figures
+from fedgen.tasks import reporting
+from fedgen.tasks.image.classifier import FD_CLASSIFIER_LABEL
 
 
 def _f(x: float | None, nd: int = 2) -> str:
@@ -18,7 +18,7 @@ def result_table(s: dict) -> str:
     """The headline table (markdown) of one image run."""
     b, fid = s["backbone"], s.get("fid", {})
     split = b.get("params_split") or {}
-    work, upload = common.clients_and_upload(s)
+    work, upload = reporting.clients_and_upload(s)
     local = f"{_f(s['local_test_fdc_initial_mean'])} (backbone)"
     if s.get("local_test_fdc_global_mean") is not None:
         local += f" -> {_f(s['local_test_fdc_global_mean'])} (global)"
@@ -74,7 +74,7 @@ def result_table(s: dict) -> str:
                 f"KID {kid['mean']:.4f} (p10 {kid['p10']:.4f}, p90 {kid['p90']:.4f})",
             )
         )
-    return common.table(rows, s, upload)
+    return reporting.table(rows, s, upload)
 
 
 def per_client_section(view: dict | None, max_rows: int = 30) -> list[str]:
@@ -115,7 +115,7 @@ def per_client_section(view: dict | None, max_rows: int = 30) -> list[str]:
 
 def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
     """PNG of the global and clients' FD-classifier per round."""
-    return common.plot_convergence(
+    return reporting.plot_convergence(
         run_dir,
         metrics,
         [("test_fdc", "global vs CIFAR-10 test")],
@@ -148,7 +148,9 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
         "fedgen on the train split.",
         "",
     ]
-    parts += common.personalization_section(pers, f"{FD_CLASSIFIER_LABEL} per client, lower is better", "it")
+    parts += reporting.personalization_section(
+        pers, f"{FD_CLASSIFIER_LABEL} per client, lower is better", "it"
+    )
     parts += per_client_section((summary.get("fid") or {}).get("per_client"))
     if plot:
         parts += ["## Convergence", "", f"![convergence]({plot.name})", ""]
@@ -177,7 +179,7 @@ compare_columns = [
     ("upload_bytes_total", "upload total"),
     ("wall_seconds", "wall s"),
 ]
-# The paper's reported FIDs (fedgen/report/paper.json, from ../shared/paper/README.md): the paper's
+# The paper's reported FIDs (fedgen/tasks/paper.json, from ../shared/paper/README.md): the paper's
 # Inception FID on 10,000 samples, ours on image.fid_samples against a JPEG-decoded copy.
 paper: dict[str, dict] = paper_figures.compare_figures("image")
 

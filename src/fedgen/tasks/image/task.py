@@ -3,7 +3,7 @@
 Data: a public slice of CIFAR-10 train (the backbone's pre-training data, held by no client)
 and a label-Dirichlet(alpha) partition of the rest (:mod:`fedgen.tasks.image.data`). Backbone:
 the conditional GAN of :mod:`fedgen.models.cgan` pre-trained on the public slice with the recipe of
-:mod:`fedgen.gan_pretrain` (:mod:`fedgen.tasks.image.backbone`). Adapters: LoRA on the generator's
+:mod:`fedgen.tasks.image.pretrain` (:mod:`fedgen.tasks.image.backbone`). Adapters: LoRA on the generator's
 (transposed) convolutions. Objective: the pre-training's GAN losses with a device-local
 discriminator (:mod:`fedgen.tasks.image.gan`). Outputs: Inception FID / KID, the per-client view
 (global vs personalized generator on each client's class mix) and sample grids
@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedgen.core.errors import ConfigError, FedgenError
 from fedgen.data.cifar10 import CIFAR10, CLASSES, load_cifar10
-from fedgen.errors import ConfigError, FedgenError
-from fedgen.fl.client import ClientData
 from fedgen.models import cgan
 from fedgen.models.conv_lora import add_generator_lora, generator_conv_names
-from fedgen.tasks.base import TaskSetup
+from fedgen.tasks.base import ClientData, ExperimentView, TaskSetup
 from fedgen.tasks.image import report
 from fedgen.tasks.image.backbone import backbone_dir, pretrain_gan
 from fedgen.tasks.image.data import evaluation_classifier, images, load_image_partition, splits
@@ -32,7 +31,6 @@ from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, 
 
 if TYPE_CHECKING:
     from fedgen.config import Config
-    from fedgen.experiment import Experiment
     from fedgen.models.params import State
 
 
@@ -193,7 +191,7 @@ class ImageTask:
 
     # -- outputs -------------------------------------------------------------------------------
     def finish(
-        self, exp: Experiment, run_dir: Path, global_state: State | None, personal, progress: bool = True
+        self, exp: ExperimentView, run_dir: Path, global_state: State | None, personal, progress: bool = True
     ) -> dict:
         """Inception FID/KID and the per-client view of the global and the clients' models, sample grids."""
         from fedgen.tasks.image.metrics import sample_grids
@@ -201,7 +199,9 @@ class ImageTask:
         grids = sample_grids(exp, run_dir, global_state, personal)
         return {"fid": self.fid(exp, global_state, personal, progress=progress), "grids": grids}
 
-    def fid(self, exp: Experiment, global_state: State | None, personal, n: int | None = None, progress=True):
+    def fid(
+        self, exp: ExperimentView, global_state: State | None, personal, n: int | None = None, progress=True
+    ):
         """Inception FID/KID (global, FID-all, FID-avg) and the per-client view on ``n`` samples per
         model set (default ``image.fid_samples``); also ``fedgen fid RUN_DIR`` on a finished run."""
         from fedgen.tasks.image.metrics import final_image_metrics
@@ -211,7 +211,7 @@ class ImageTask:
             print(f"final metrics: Inception FID/KID on {n} samples per model set")
         return final_image_metrics(exp, self.data(), global_state, personal, n, progress)
 
-    def generate(self, exp: Experiment, run_dir: Path, who: str, opts: Any) -> str:
+    def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
         from fedgen.tasks.image.metrics import save_grid
 
         classes = exp.objective.num_classes

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from fedgen.data.partition import Partition, build_partition, cached_partition, make_documents
 from fedgen.data.ptb import PTB
-from fedgen.fl.client import ClientData
+from fedgen.tasks.base import ClientData
 from fedgen.tasks.text.lm import LMObjective, TextStream
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedgen.device import autocast, device_of
+from fedgen.core.device import autocast, device_of
 from fedgen.metrics.word_ppl import encode_lines, perplexities, prefix_ids, strided_nll
 
 
@@ -170,7 +170,7 @@ class LMObjective:
 
     def example_losses(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         """Per-window token cross-entropies ``[n, context]``: the mean over any rows is :meth:`loss`
-        of those rows (batched multi-client training, :mod:`fedgen.fl.multiclient`)."""
+        of those rows (batched multi-client training, :mod:`fedgen.fl.batched`)."""
         batch = batch.to(device_of(model))
         logits = model(input_ids=batch[:, :-1]).logits
         flat = F.cross_entropy(

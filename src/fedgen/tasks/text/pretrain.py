@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from fedgen.core.seeding import derive_seed
 from fedgen.data.corpus import load_pretrain_corpus
 from fedgen.data.ptb import load_ptb
-from fedgen.fl.client import derive_seed
 from fedgen.models.gpt import build_gpt, count_params, gpt2_config, save_backbone
 from fedgen.tasks.text.data import head_sentences, ptb_documents
 from fedgen.tasks.text.lm import LMObjective, WordCodec

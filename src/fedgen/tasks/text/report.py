@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedgen.report import common
-from fedgen.report import paper as paper_figures
+from fedgen.tasks import paper as paper_figures
+from fedgen.tasks import reporting
 
 
 def _ppl(x: float | None) -> str:
@@ -23,7 +23,7 @@ def result_table(s: dict) -> str:
         local += f" -> {_ppl(s['local_test_ppl_personalized_mean'])} (personalized)"
     if s.get("local_test_ppl_personalized_paper_mean") is not None:
         local += f"; paper's recipe (1 more epoch): {_ppl(s['local_test_ppl_personalized_paper_mean'])}"
-    work, upload = common.clients_and_upload(s)
+    work, upload = reporting.clients_and_upload(s)
     rows = [
         ("Algorithm", s["algorithm"]),
         (
@@ -43,12 +43,12 @@ def result_table(s: dict) -> str:
         ),
         ("Clients' local-test PPL (mean)", local),
     ]
-    return common.table(rows, s, upload)
+    return reporting.table(rows, s, upload)
 
 
 def plot_convergence(run_dir: Path, metrics: list[dict]) -> Path | None:
     """PNG of PTB valid/test PPL and mean local-test PPL per round."""
-    return common.plot_convergence(
+    return reporting.plot_convergence(
         run_dir,
         metrics,
         [("valid_ppl", "PTB valid"), ("test_ppl", "PTB test")],
@@ -75,7 +75,7 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
             "(not OpenAI's GPT-2 weights); see the backbone's fedgen_backbone.json.",
             "",
         ]
-    parts += common.personalization_section(pers, "local test PPL per client", "PPL")
+    parts += reporting.personalization_section(pers, "local test PPL per client", "PPL")
     if plot:
         parts += ["## Convergence", "", f"![convergence]({plot.name})", ""]
     samples_file = run_dir / "samples.json"
@@ -102,7 +102,7 @@ compare_columns = [
     ("wall_seconds", "wall s"),
 ]
 
-# The paper's reported figures (fedgen/report/paper.json, copied from ../shared/paper/README.md), kept
+# The paper's reported figures (fedgen/tasks/paper.json, copied from ../shared/paper/README.md), kept
 # apart from ours. The quoted traffic (16.2 GB for FedAvg over 500 rounds with 85M parameters) equals
 # 500 rounds x 10 clients x 405,000 params x 4 B x 2 (upload + download): a ~0.4M-parameter LoRA
 # adapter's traffic. An 85M-parameter model's upload alone would be 1.7 TB

@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from fedgen.core.errors import ConfigError, FedgenError
 from fedgen.data.ptb import load_ptb
-from fedgen.errors import ConfigError, FedgenError
 from fedgen.models.causal_lm import EMBEDDED, load_causal_lm, lora_target_modules, resolve_backbone
 from fedgen.models.gpt import VOCAB_FILE, count_params, freeze, load_backbone
 from fedgen.models.lora import add_lora
-from fedgen.tasks.base import TaskSetup
+from fedgen.tasks.base import ExperimentView, TaskSetup
 from fedgen.tasks.text import report
 from fedgen.tasks.text.data import client_datasets, head_sentences, load_partition
 from fedgen.tasks.text.lm import Codec, HFCodec, LMObjective, WordCodec
 
 if TYPE_CHECKING:
     from fedgen.config import Config
-    from fedgen.experiment import Experiment
     from fedgen.models.params import State
 
 PRETRAIN_SOURCES = {"gutenberg", "us-presidential-addresses", "wikitext-2-valid-test", "ptb-public"}
@@ -238,7 +237,7 @@ class TextTask:
 
     # -- outputs -------------------------------------------------------------------------------
     def finish(
-        self, exp: Experiment, run_dir: Path, global_state: State | None, personal, progress: bool = True
+        self, exp: ExperimentView, run_dir: Path, global_state: State | None, personal, progress: bool = True
     ) -> dict:
         """Sampled continuations (temperature 1, top-k 40, fixed seeds) -> ``samples.json``."""
         import json
@@ -256,7 +255,7 @@ class TextTask:
         (run_dir / "samples.json").write_text(json.dumps(out, indent=2))
         return {}
 
-    def generate(self, exp: Experiment, run_dir: Path, who: str, opts: Any) -> str:
+    def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
         texts = [
             exp.objective.sample(
                 exp.params.model,

@@ -15,10 +15,9 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from fedgen.errors import CheckpointError
-from fedgen.fl.aggregate import first_nonfinite
+from fedgen.core.errors import CheckpointError
 from fedgen.models.lora import read_adapter, save_adapter
-from fedgen.models.params import State
+from fedgen.models.params import State, first_nonfinite
 
 MODEL_FILE = "model.safetensors"
 
@@ -51,7 +50,7 @@ def write_state(path: Path, state: State, peft_model=None) -> Path:
 def read_state(path: Path) -> State:
     """Read a state written by :func:`write_state`.
 
-    Corrupt files and NaN/Inf values raise one :class:`~fedgen.errors.CheckpointError` line.
+    Corrupt files and NaN/Inf values raise one :class:`~fedgen.core.errors.CheckpointError` line.
     """
     if (path / MODEL_FILE).is_file():
         try:

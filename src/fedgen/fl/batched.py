@@ -25,11 +25,13 @@ from typing import Any
 
 import torch
 
-from fedgen.device import autocast, device_of
+from fedgen.core.device import autocast, device_of
+from fedgen.core.seeding import derive_seed
 from fedgen.fl.algorithms import FedAvgClient
-from fedgen.fl.client import Client, ClientData, FitResult, LocalTrainConfig, derive_seed
+from fedgen.fl.client import Client, FitResult, LocalTrainConfig
 from fedgen.models import batched_lora
 from fedgen.models.params import State
+from fedgen.tasks.base import ClientData
 
 
 def unsupported(logic: Any) -> str | None:

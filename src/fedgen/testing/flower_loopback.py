@@ -65,7 +65,7 @@ class Loopback:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
-        src = str(Path(__file__).resolve().parents[3])  # the directory holding the fedgen package
+        src = str(Path(__file__).resolve().parents[2])  # the directory holding the fedgen package
         path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
         bindir = str(Path(sys.executable).parent)  # flower-superexec, flwr-serverapp, flwr-clientapp
         self.env = {

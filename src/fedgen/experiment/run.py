@@ -10,7 +10,7 @@ Run directory layout::
     global/                  final global state (PEFT adapter for LoRA algorithms)
     clients/client_NNN/      each client's personalized state, where the algorithm has one
     personalization.json     per-client local-test figure: global vs personalized
-    summary.json             headline figures (schema: fedgen.summary.SUMMARY_FIELDS)
+    summary.json             headline figures (schema: fedgen.experiment.summary.SUMMARY_FIELDS)
     run.json                 the run's result key (config digest + results schema; see fedgen compare)
     report.md                the task's report (result table, convergence plot, samples)
 """
@@ -23,12 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedgen.config import Config, load_config, save_config
-from fedgen.drivers import Clock, RuntimeFactory, run_central, run_federated, run_local
-from fedgen.errors import CheckpointError, FedgenError
-from fedgen.experiment import Experiment, distribution
+from fedgen.core.errors import CheckpointError, FedgenError
+from fedgen.experiment.build import Experiment, distribution
+from fedgen.experiment.loop import Clock, RuntimeFactory, run_central, run_federated, run_local
+from fedgen.experiment.rundir import RunDir, read_state, write_state
+from fedgen.experiment.summary import make_summary, result_key
 from fedgen.models.params import State
-from fedgen.rundir import RunDir, read_state, write_state
-from fedgen.summary import make_summary, result_key
 
 
 def new_run_dir(cfg: Config) -> Path:

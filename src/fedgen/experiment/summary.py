@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fedgen.experiment import Experiment
-from fedgen.fl.comm import formula_bytes
-from fedgen.rundir import RunDir
+from fedgen.experiment.build import Experiment
+from fedgen.experiment.rundir import RunDir
+from fedgen.fl.wire import formula_bytes
 
 SUMMARY_VERSION = 3
 # Bump whenever a metric's definition or the training/evaluation code changes what a run measures:

@@ -1,7 +1,7 @@
 """Experiment configuration: typed dataclasses, loaded from YAML and validated.
 
 Every user mistake (unknown key, wrong type, out-of-range value) raises one
-:class:`~fedgen.errors.ConfigError` whose message names the offending key, e.g.
+:class:`~fedgen.core.errors.ConfigError` whose message names the offending key, e.g.
 ``config fl.rounds: expected an integer >= 1, got 'ten'``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fedgen.config_schema import (  # noqa: F401  (re-exported: the config API lives here)
+from fedgen.config.schema import (  # noqa: F401  (re-exported: the config API lives here)
     AdapterConfig,
     AlgorithmConfig,
     Config,
@@ -32,8 +32,10 @@ from fedgen.config_schema import (  # noqa: F401  (re-exported: the config API l
     OutputConfig,
     PersonalizeConfig,
     PretrainConfig,
+    clients_per_round,
 )
-from fedgen.errors import ConfigError
+from fedgen.core.device import resolve
+from fedgen.core.errors import ConfigError
 
 # ---------------------------------------------------------------------------- validation
 
@@ -155,14 +157,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _cross_checks(cfg: Config) -> None:
-    """The registry knows the task and the algorithm; the task checks its own settings."""
-    from fedgen.device import resolve
-    from fedgen.fl.server import clients_per_round
-
+    """Checks across sections. The algorithm and task names, and the task's own settings, are
+    checked against the registry by :func:`fedgen.experiment.registry.check_config`."""
     resolve(cfg.device)  # cuda asked for on a machine without it: one clear line
-    from fedgen.registry import algorithm, task_class
-
-    algorithm(cfg.algorithm.name)
     m = clients_per_round(cfg.fl.fraction, cfg.data.num_clients)
     if cfg.fl.min_clients > m:
         raise ConfigError(
@@ -184,7 +181,6 @@ def _cross_checks(cfg: Config) -> None:
         if dev.stragglers == "partial" and cfg.runtime != "in-process":
             raise ConfigError("config devices.stragglers: partial work needs runtime: in-process")
     _privacy_checks(cfg)
-    task_class(cfg.task).check_config(cfg)
 
 
 def _privacy_checks(cfg: Config) -> None:
@@ -198,15 +194,8 @@ def _privacy_checks(cfg: Config) -> None:
                 f"config fl.aggregator: {f.aggregator} needs each client's update, but under "
                 "flower.secagg the server only receives their sum; use fedavg"
             )
-        from fedgen.registry import algorithm
-
         if cfg.devices.enabled:
             raise ConfigError("config devices.enabled: simulated devices are not combined with flower.secagg")
-        if algorithm(cfg.algorithm.name).personalized == "kept":
-            raise ConfigError(
-                f"config algorithm.name: {cfg.algorithm.name} keeps per-client states, which the "
-                "server mirrors for evaluation; not with flower.secagg"
-            )
         if dp.mode == "central":
             raise ConfigError(
                 "config dp.mode: central clipping needs each client's update, but under "

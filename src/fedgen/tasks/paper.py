@@ -1,4 +1,4 @@
-"""The paper's reported figures, shipped as package data (``fedgen/report/paper.json``).
+"""The paper's reported figures, shipped as package data (``fedgen/tasks/paper.json``).
 
 They are copied from ``../shared/paper/README.md`` and are the paper's *claims*, never our
 measurements: every table prints them in their own column, labelled as the paper's, and
@@ -18,7 +18,7 @@ COLUMN = "paper (reported, not ours)"
 
 @cache
 def _load() -> dict:
-    return json.loads(resources.files("fedgen.report").joinpath("paper.json").read_text())
+    return json.loads(resources.files("fedgen.tasks").joinpath("paper.json").read_text())
 
 
 def load() -> dict:

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from fedgen.errors import DataError
+from fedgen.core.errors import DataError
 from fedgen.metrics.fid import images_digest, to_unit_nchw
 
 FD_CLASSIFIER_LABEL = "FD-classifier (not comparable to Inception FID)"

@@ -1,11 +1,12 @@
 """The experiment configuration's schema: typed sections with their defaults (the paper's settings)
-and value ranges. Loading and validation: :mod:`fedgen.config`."""
+and value ranges. Loading and validation: :mod:`fedgen.config.load`."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -140,7 +141,7 @@ class FLConfig:
 class AlgorithmConfig:
     """Which algorithm runs (FedGen-Edge or a baseline) and the baselines' own knobs."""
 
-    name: str = "fedgen"  # a registered algorithm (fedgen.registry)
+    name: str = "fedgen"  # a registered algorithm (fedgen.experiment.registry)
     # Ditto's lambda (Li et al. 2021 tune it over {0.05, ..., 2}; 1.0 sits in that range, untuned).
     ditto_lambda: float = field(default=1.0, metadata=_range(0.0, None))
     # FedPer: the last N transformer blocks (+ final LayerNorm) are personal.
@@ -335,3 +336,27 @@ class Config:
 _DIGEST_NEUTRAL_DEFAULTS = {"fl.aggregator": "fedavg", "fl.trim_beta": 0.1, "fl.clip_norm": None}
 # Sections that only one task reads (section -> task): left out of the other tasks' result digests.
 _TASK_ONLY_SECTIONS = {"image": "image"}
+
+
+def clients_per_round(fraction: float, num_clients: int) -> int:
+    """m = max(1, floor(C*K)): the number of clients sampled per round.
+
+    The paper (section 3.3.1) selects "a fraction C of the clients (a set of size m)" with
+    C=0.1, K=100 -> 10 clients, but its rounding rule was lost in the text; for C*K
+    integral every rule agrees. For C*K not an integer we use McMahan et al.'s FedAvg
+    ``m = max(C*K, 1)`` as its reference code and Flower's FedAvg (``int(K * fraction_fit)``)
+    do: floor, at least 1. So the simulated and a Flower deployment pick the same m, and
+    m <= K always (C <= 1). Not Python's ``round``: ``round(2.5) == 2`` but ``round(3.5) == 4``.
+
+    C*K is snapped to the nearest integer when within 1e-9 (relative) of it, so decimal
+    fractions give the count they denote despite binary floating point:
+    0.29 * 100 == 28.999999999999996 -> 29, not 28; 0.07 * 100 == 7.000000000000001 -> 7.
+    """
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
+    if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    x = fraction * num_clients
+    nearest = round(x)
+    m = nearest if abs(x - nearest) <= 1e-9 * max(1.0, x) else math.floor(x)
+    return max(1, min(num_clients, m))

@@ -3,7 +3,7 @@
 Adding a task or an algorithm is one new module plus a config: register it here (built-ins)
 or from your own code before the config is loaded::
 
-    from fedgen.registry import register_task
+    from fedgen.experiment.registry import register_task
     register_task("diffusion", MyDiffusionTask)
 
 Built-in tasks are imported lazily, so importing fedgen does not import every task's
@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from fedgen.errors import ConfigError
+from fedgen.core.errors import ConfigError
 from fedgen.fl.algorithms import ALGORITHMS, AlgorithmSpec, register_algorithm
 
 if TYPE_CHECKING:
@@ -66,3 +66,16 @@ def algorithm(name: str) -> AlgorithmSpec:
 def algorithm_names() -> list[str]:
     """Registered algorithms, in registration order (the comparison table's row order)."""
     return list(ALGORITHMS)
+
+
+def check_config(cfg: Config) -> Config:
+    """What only the registry can check: the algorithm and task names, what the algorithm can be
+    combined with, and the task's own cross-field settings. Returns ``cfg``; ConfigError otherwise."""
+    spec = algorithm(cfg.algorithm.name)
+    if cfg.flower.secagg.enabled and spec.personalized == "kept":
+        raise ConfigError(
+            f"config algorithm.name: {cfg.algorithm.name} keeps per-client states, which the "
+            "server mirrors for evaluation; not with flower.secagg"
+        )
+    task_class(cfg.task).check_config(cfg)
+    return cfg

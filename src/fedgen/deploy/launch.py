@@ -21,9 +21,9 @@ import tomli_w
 import yaml
 
 from fedgen.config import Config
+from fedgen.core.errors import FedgenError
 from fedgen.data.ptb import data_root
-from fedgen.errors import FedgenError
-from fedgen.runtime.flower.config import RunSettings
+from fedgen.deploy.run_config import RunSettings
 
 
 def settings_for(
@@ -63,8 +63,8 @@ def write_app(app_dir: Path, settings: RunSettings) -> Path:
                 "app": {
                     "publisher": "fedgen",
                     "components": {
-                        "serverapp": "fedgen.runtime.flower.server_app:app",
-                        "clientapp": "fedgen.runtime.flower.client_app:app",
+                        "serverapp": "fedgen.deploy.server_app:app",
+                        "clientapp": "fedgen.deploy.client_app:app",
                     },
                     "config": settings.to_run_config(),
                 }
@@ -103,8 +103,8 @@ def run_sim(settings: RunSettings, num_clients: int, client_cpus: float = 1.0) -
         raise FedgenError(
             f"flower-sim needs Flower's simulation extra: pip install 'fedgen-edge[flower-sim]' ({e})"
         ) from None
-    from fedgen.runtime.flower.client_app import make_client_app
-    from fedgen.runtime.flower.server_app import make_server_app
+    from fedgen.deploy.client_app import make_client_app
+    from fedgen.deploy.server_app import make_server_app
 
     rc = settings.to_run_config()
     run_simulation(
@@ -120,7 +120,7 @@ def run_on_flower(
 ) -> dict:
     """``fedgen run`` on Flower (``runtime``: flower-sim | flower-deploy); returns summary.json's content."""
     from fedgen.config import load_config
-    from fedgen.run import new_run_dir
+    from fedgen.experiment.run import new_run_dir
 
     if resume_dir is not None:
         saved = Path(resume_dir) / "config.yaml"

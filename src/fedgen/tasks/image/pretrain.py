@@ -22,19 +22,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
-from fedgen.fl.client import derive_seed
+from fedgen.core.seeding import derive_seed
 from fedgen.models import cgan
-
-if TYPE_CHECKING:
-    from fedgen.tasks.image.gan import Images
+from fedgen.models.cgan import discriminator_loss, generator_loss
+from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, to_float
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -63,44 +59,6 @@ class PretrainResult:
     wall_seconds: float  # training time summed over resumed pieces
     cpu_seconds: float  # process CPU time of the same (= compute when other processes share the cores)
     history: list[dict] = field(default_factory=list)
-
-
-def augment(images: torch.Tensor, gen: torch.Generator, policy: str) -> torch.Tensor:
-    """DiffAugment with ``policy`` ("" = none), drawing its randomness from ``gen``."""
-    return cgan.diff_augment(images, gen, policy) if policy else images
-
-
-def discriminator_loss(
-    D: nn.Module,
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    labels: torch.Tensor,
-    gen: torch.Generator,
-    diffaug: str,
-    ac_weight: float,
-) -> torch.Tensor:
-    """Hinge loss on augmented real and fake images + ``ac_weight`` x the AC class loss on the real ones."""
-    d_real, c_real = D(augment(real, gen, diffaug), labels, with_class_logits=True)
-    loss = cgan.d_hinge(d_real, D(augment(fake, gen, diffaug), labels))
-    if ac_weight > 0 and c_real is not None:
-        loss = loss + ac_weight * F.cross_entropy(c_real, labels)
-    return loss
-
-
-def generator_loss(
-    D: nn.Module,
-    fake: torch.Tensor,
-    labels: torch.Tensor,
-    gen: torch.Generator,
-    diffaug: str,
-    ac_weight: float,
-) -> torch.Tensor:
-    """Hinge generator loss on augmented fakes + ``ac_weight`` x the AC class loss on them."""
-    d_fake, c_fake = D(augment(fake, gen, diffaug), labels, with_class_logits=True)
-    loss = cgan.g_hinge(d_fake)
-    if ac_weight > 0 and c_fake is not None:
-        loss = loss + ac_weight * F.cross_entropy(c_fake, labels)
-    return loss
 
 
 def recipe_key(config: cgan.GanConfig, recipe: Recipe, data_id: str) -> str:
@@ -142,7 +100,6 @@ def pretrain(
     (checkpointed), as a kill would: tests and time-sliced runs. ``cpu_limit`` ends it once this
     call has used that many seconds of process CPU time (recipe comparisons at equal compute).
     """
-    from fedgen.tasks.image.gan import to_float  # imported here: tasks.image.gan imports this module
 
     x = torch.as_tensor(np.ascontiguousarray(x))
     y = torch.as_tensor(np.asarray(y, dtype=np.int64))
@@ -258,7 +215,6 @@ def evaluate(generator, classifier, test: Images, n: int = 1000) -> dict:
     Uses :meth:`fedgen.tasks.image.gan.GanObjective.evaluate`, as every run scores its models
     (class-mixed batches of 100 from fixed seeds).
     """
-    from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective
 
     generator.eval()
     feats = classifier.features(test.x.numpy())

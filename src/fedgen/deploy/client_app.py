@@ -23,9 +23,9 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedgen.fl.client import derive_seed
+from fedgen.core.seeding import derive_seed
+from fedgen.deploy.run_config import experiment_for, run_settings
 from fedgen.fl.server import client_update
-from fedgen.runtime.flower.config import experiment_for, run_settings
 from fedgen.runtime.flower.records import from_arrays, to_arrays, to_metrics
 from fedgen.runtime.flower.secagg import fitres_reply, is_secure, read_fitins, secagg_when_asked
 from fedgen.runtime.store import ClientStore
@@ -58,7 +58,7 @@ def make_client_app(default_run_config: dict | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        from fedgen.drivers import round_policy
+        from fedgen.experiment.loop import round_policy
 
         settings = run_settings(context.run_config, default_run_config)
         exp, logic = experiment_for(settings)

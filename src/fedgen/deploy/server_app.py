@@ -1,6 +1,6 @@
 """The ServerApp: our experiment and server loop, with each round's clients reached through Flower.
 
-It runs :func:`fedgen.run.run_experiment` unchanged (client sampling, update validation,
+It runs :func:`fedgen.experiment.run.run_experiment` unchanged (client sampling, update validation,
 FedAvg, byte accounting, evaluation, checkpoints and the run directory, written on this
 machine) with a :class:`~fedgen.runtime.flower.runtime.FlowerRuntime` as the runtime.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedgen.runtime.flower.config import run_settings
+from fedgen.deploy.run_config import run_settings
 from fedgen.runtime.flower.runtime import FlowerRuntime
 
 
@@ -20,7 +20,7 @@ def make_server_app(default_run_config: dict | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from fedgen.run import run_experiment
+        from fedgen.experiment.run import run_experiment
 
         s = run_settings(context.run_config, default_run_config)
         cfg = s.config()

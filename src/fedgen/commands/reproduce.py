@@ -3,7 +3,7 @@
 A suite is, per task (text, image): the main comparison (every registered algorithm x seeds)
 and FedGen-Edge's two ablations, LoRA rank r in (2, 4, 8, 16, 32) and local epochs E in
 (1, 2, 5, 10, 20) (the paper's Figs. 6 and 7). Each (task, sweep value) is one
-:func:`fedgen.compare.compare` call into its own directory, so the suite is resumable exactly
+:func:`fedgen.commands.compare.compare` call into its own directory, so the suite is resumable exactly
 like ``fedgen compare`` (finished runs whose result key matches are skipped, interrupted ones
 resumed). The sweep value equal to the task config's own (e.g. r = 8 for text) is not run again:
 the report reads FedGen-Edge's rows of the main comparison for it. The rank sweep keeps the
@@ -23,11 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedgen.config import Config, config_from_dict, load_config
-from fedgen.errors import FedgenError
-from fedgen.fl.server import clients_per_round
-from fedgen.registry import algorithm, algorithm_names
-from fedgen.report import paper
+from fedgen.config import Config, clients_per_round, config_from_dict, load_config
+from fedgen.core.errors import FedgenError
+from fedgen.experiment.registry import algorithm, algorithm_names, check_config
+from fedgen.tasks import paper
 
 SUITES = {
     "cpu": {"text": "configs/ptb-smollm2-cpu.yaml", "image": "configs/cifar-cpu.yaml"},
@@ -74,19 +73,19 @@ class PlanPart:
 
 def config_path(rel: str) -> Path:
     """A suite config: ``configs/...`` of this source tree, else relative to the working directory."""
-    repo = Path(__file__).resolve().parents[2] / rel
+    repo = Path(__file__).resolve().parents[3] / rel
     return repo if repo.is_file() else Path(rel)
 
 
 def _with(cfg: Config, section: str, name: str, **values) -> Config:
     """A copy of ``cfg`` with ``section``'s fields replaced, validated again."""
     c = dataclasses.replace(cfg, name=name, **{section: dataclasses.replace(getattr(cfg, section), **values)})
-    return config_from_dict(c.to_dict())
+    return check_config(config_from_dict(c.to_dict()))
 
 
 def extra_configs(suite: str, overrides: list[str] | None = None, tasks: list[str] | None = None):
     """The suite's ``EXTRAS`` (name -> config), only those of ``tasks`` when given."""
-    extras = {n: load_config(config_path(p), overrides) for n, p in EXTRAS[suite].items()}
+    extras = {n: check_config(load_config(config_path(p), overrides)) for n, p in EXTRAS[suite].items()}
     return {n: c for n, c in extras.items() if tasks is None or c.task in tasks}
 
 
@@ -106,7 +105,7 @@ def plan(
     if configs is None:
         if suite not in SUITES:
             raise FedgenError(f"--suite: expected one of {', '.join(SUITES)}, got {suite!r}")
-        configs = {t: load_config(config_path(p), overrides) for t, p in SUITES[suite].items()}
+        configs = {t: check_config(load_config(config_path(p), overrides)) for t, p in SUITES[suite].items()}
         if extras is None:
             extras = extra_configs(suite, overrides)
     algs = algorithms or algorithm_names()
@@ -242,7 +241,7 @@ def run_suite(
     command: str | None = None,
 ) -> Path:
     """Run every part (resumable), keep ``suite.json`` current, then write the suite report."""
-    from fedgen.compare import compare
+    from fedgen.commands.compare import compare
     from fedgen.report.suite import write_suite_report
 
     out = Path(out)

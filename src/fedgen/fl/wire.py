@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedgen.errors import UpdateError
-from fedgen.fl.aggregate import first_nonfinite, validate_update
+from fedgen.core.errors import UpdateError
+from fedgen.fl.aggregate import validate_update
+from fedgen.models.params import first_nonfinite
 
 
 def serialize(state: Mapping[str, torch.Tensor]) -> bytes:
@@ -23,7 +24,7 @@ def deserialize(
 ) -> OrderedDict[str, torch.Tensor]:
     """The state dict in a message made by :func:`serialize`, keys sorted.
 
-    Any malformed message raises one :class:`~fedgen.errors.UpdateError` line: not bytes,
+    Any malformed message raises one :class:`~fedgen.core.errors.UpdateError` line: not bytes,
     not safetensors (random or truncated bytes, a bad header, declared shapes that do not fit
     the payload or overflow), or tensors holding NaN/Inf. With ``reference`` (the global
     state) the keys, shapes and dtypes must also match it (:func:`validate_update`), so e.g.

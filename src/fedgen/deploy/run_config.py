@@ -11,7 +11,7 @@ import yaml
 from fedgen.config import Config, config_from_dict
 from fedgen.fl.algorithms import ClientLogic
 
-# [tool.flwr.app.config] keys of the generated app (see fedgen.runtime.flower.launch)
+# [tool.flwr.app.config] keys of the generated app (see fedgen.deploy.launch)
 KEYS = ("fedgen-config", "run-dir", "resume", "stop-after", "round-timeout", "wait-nodes")
 
 
@@ -69,8 +69,8 @@ def experiment_for(settings: RunSettings):
     """This process's (Experiment, ClientLogic) for the run's config, built once per process."""
     key = hashlib.sha256(settings.config_yaml.encode()).hexdigest()
     if key not in _CACHE:
-        from fedgen.experiment import Experiment
+        from fedgen.experiment.build import Experiment
 
         exp = Experiment.build(settings.config(), progress=False)
-        _CACHE[key] = (exp, exp.spec.client_logic(exp))
+        _CACHE[key] = (exp, exp.client_logic())
     return _CACHE[key]

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fedgen.errors import FedgenError
+from fedgen.core.errors import FedgenError
 
 if TYPE_CHECKING:
-    from fedgen.experiment import Experiment
+    from fedgen.experiment.build import Experiment
 
 EXPORTERS: dict[str, Callable[[Experiment, Path], list[str]]] = {}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
@@ -193,9 +193,9 @@ register_exporter("image", export_image)
 def export(run_dir: str | Path, out: str | Path, client: int | None = None) -> Path:
     """Export a finished run's global model (``client=None``) or client ``client``'s personalized one."""
     from fedgen.config import load_config
-    from fedgen.experiment import Experiment
-    from fedgen.run import saved_model_state
-    from fedgen.rundir import write_state
+    from fedgen.experiment.build import Experiment
+    from fedgen.experiment.run import saved_model_state
+    from fedgen.experiment.rundir import write_state
 
     run, out = Path(run_dir), Path(out)
     if not (run / "config.yaml").is_file():
@@ -203,7 +203,7 @@ def export(run_dir: str | Path, out: str | Path, client: int | None = None) -> P
     exp = Experiment.build(load_config(run / "config.yaml"), progress=False)
     fn = EXPORTERS.get(exp.cfg.task) or getattr(exp.task, "export", None)
     if fn is None:
-        raise FedgenError(f"no exporter for task {exp.cfg.task!r} (fedgen.export.register_exporter)")
+        raise FedgenError(f"no exporter for task {exp.cfg.task!r} (fedgen.commands.export.register_exporter)")
     state = saved_model_state(exp, run, client)
     exp.params.load(state)
     if out.exists() and any(out.iterdir()):

@@ -1,10 +1,10 @@
 """One experiment's parts, built once from a config: task x algorithm, with no task branches.
 
-:meth:`Experiment.build` asks the config's task (:func:`fedgen.registry.make_task`) for its data,
+:meth:`Experiment.build` asks the config's task (:func:`fedgen.experiment.registry.make_task`) for its data,
 partition and frozen backbone, wraps the backbone with the task's LoRA adapter when the
 algorithm trains LoRA, and fixes the trained parameter set and the round-0 state. Everything
-else (the drivers in :mod:`fedgen.drivers`, the run directory in :mod:`fedgen.run`) works on
-this object.
+else (the loops in :mod:`fedgen.experiment.loop`, the run directory in
+:mod:`fedgen.experiment.run`) works on this object.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from fedgen.config import Config
-from fedgen.device import resolve
-from fedgen.fl.algorithms import AlgorithmSpec
-from fedgen.fl.client import Client, ClientData, LocalTrainConfig, derive_seed
-from fedgen.fl.server import clients_per_round
+from fedgen.config import Config, clients_per_round
+from fedgen.core.device import resolve
+from fedgen.core.seeding import derive_seed
+from fedgen.experiment.registry import algorithm, check_config, make_task
+from fedgen.fl.algorithms import AlgorithmSpec, ClientLogic, LogicInputs
+from fedgen.fl.client import Client, LocalTrainConfig
 from fedgen.models.lora import init_adapter
 from fedgen.models.params import ParamSet, State
-from fedgen.registry import algorithm, make_task
-from fedgen.tasks.base import Objective, Task, TaskSetup
+from fedgen.tasks.base import ClientData, Objective, Task, TaskSetup
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Experiment:
     def build(cls, cfg: Config, progress: bool = True) -> Experiment:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        spec = algorithm(cfg.algorithm.name)
+        spec = algorithm(check_config(cfg).algorithm.name)
         task = make_task(cfg)
         setup = task.setup(spec.trains, progress)
         model = setup.model
@@ -80,6 +80,15 @@ class Experiment:
         return cls(
             cfg=cfg, spec=spec, task=task, setup=setup, params=params, client=client, init=params.state()
         )
+
+    def client_logic(self) -> ClientLogic:
+        """The algorithm's client logic (federated algorithms only): what a client trains and keeps."""
+        assert self.spec.client_logic is not None, f"{self.spec.name} is not federated"
+        model, keys, task = self.params.model, self.params.keys(), self.task
+        inputs = LogicInputs(
+            self.client, self.init, self.cfg.algorithm, lambda blocks: task.personal_keys(model, keys, blocks)
+        )
+        return self.spec.client_logic(inputs)
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_global(self, state: State) -> dict[str, float]:

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from fedgen.errors import ConfigError
+from fedgen.core.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -1,6 +1,6 @@
 """How an algorithm runs: federated rounds, local-only, centralized, and personalization.
 
-Each driver is a short function of an :class:`~fedgen.experiment.Experiment` and the run
+Each driver is a short function of an :class:`~fedgen.experiment.build.Experiment` and the run
 directory, and returns an :class:`Outcome`. None of them knows the task: training goes through
 ``exp.client`` (the one loop, :func:`fedgen.fl.client.local_train`), scores through ``exp``'s
 evaluators, and federated rounds through :func:`fedgen.fl.server.federate` over a runtime.
@@ -18,21 +18,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fedgen.device import device_of
-from fedgen.errors import FedgenError
-from fedgen.experiment import Experiment, distribution
-from fedgen.fl.aggregate import first_nonfinite
+from fedgen.config import clients_per_round
+from fedgen.core.device import device_of
+from fedgen.core.errors import FedgenError
+from fedgen.core.seeding import derive_seed
+from fedgen.experiment.build import Experiment, distribution
+from fedgen.experiment.rundir import Resume, RunDir, write_state
+from fedgen.experiment.summary import privacy_note
 from fedgen.fl.algorithms import ClientLogic
-from fedgen.fl.client import ClientData, derive_seed
-from fedgen.fl.comm import formula_bytes, num_params
 from fedgen.fl.dp import epsilon
-from fedgen.fl.server import RoundPolicy, RoundRecord, Runtime, client_update, clients_per_round, federate
-from fedgen.models.params import State
-from fedgen.rundir import Resume, RunDir, write_state
+from fedgen.fl.server import RoundPolicy, RoundRecord, Runtime, client_update, federate
+from fedgen.fl.wire import formula_bytes, num_params
+from fedgen.models.params import State, first_nonfinite
 from fedgen.runtime.heterogeneous import HeterogeneousRuntime, over_selected_fraction
 from fedgen.runtime.simulate import InProcessRuntime, use_batched
 from fedgen.runtime.store import ClientStore
-from fedgen.summary import privacy_note
+from fedgen.tasks.base import ClientData
 
 log = logging.getLogger("fedgen")
 
@@ -93,7 +94,7 @@ def run_federated(
     ``last_round`` dict (e.g. Flower's payload bytes) adds it to each round's metrics row.
     """
     cfg, f = exp.cfg, exp.cfg.fl
-    logic = exp.spec.client_logic(exp)
+    logic = exp.client_logic()
     logic.kept.update(resume.kept)
     state = resume.state if resume.state is not None else logic.server_part(exp.init)
     counters = {"upload_bytes_total": 0, "download_bytes_total": 0, **resume.counters}

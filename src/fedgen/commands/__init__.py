@@ -1,0 +1,1 @@
+"""The commands behind ``fedgen compare``, ``fedgen reproduce`` and ``fedgen export``."""

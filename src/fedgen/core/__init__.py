@@ -1,0 +1,1 @@
+"""Foundation helpers every layer may use: user-facing errors, device choice, seed derivation."""
