@@ -1,251 +1,15 @@
-"""``fedgen`` command line: run | compare | reproduce | pretrain | generate | fid | report | export | data."""
+"""``fedgen`` command line: run | deploy | compare | reproduce | pretrain | generate | fid | report |
+export | data. The parser only: each command's handler lives in :mod:`fedgen.commands`."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import sys
-from pathlib import Path
 
 from fedgen.core.errors import FedgenError
-
-
-def _load(args) -> object:
-    """The config of ``--config`` with ``--set`` and the shorthand flags applied, checked against
-    the registry (algorithm and task names, the task's own settings)."""
-    from fedgen.config import load_config
-    from fedgen.experiment.registry import check_config
-
-    overrides = list(args.set or [])
-    if getattr(args, "backbone", None):
-        overrides.append(f"model.backbone={args.backbone}")
-    if getattr(args, "device", None):
-        overrides.append(f"device={args.device}")
-    if getattr(args, "data_dir", None):
-        overrides.append(f"data.dir={args.data_dir}")
-    return check_config(load_config(args.config, overrides))
-
-
-def _result_table(summary: dict) -> str:
-    from fedgen.experiment.registry import task_class
-
-    return task_class(summary.get("task", "text")).report.result_table(summary)
-
-
-def cmd_run(args) -> int:
-    from fedgen.experiment.run import run_experiment
-
-    if getattr(args, "runtime", None):
-        args.set = [*(args.set or []), f"runtime={args.runtime}"]
-    cfg = _load(args) if (args.config or not args.resume) else None
-    runtime = args.runtime or (cfg.runtime if cfg is not None else _saved_runtime(args.resume))
-    if runtime != "in-process":
-        from fedgen.deploy.launch import run_on_flower
-
-        summary = run_on_flower(cfg, args.out, args.resume, args.stop_after, runtime)
-    elif args.resume:
-        summary = run_experiment(
-            cfg, args.resume, resume=True, stop_after=args.stop_after, progress=not args.quiet
-        )
-    else:
-        summary = run_experiment(cfg, args.out, stop_after=args.stop_after, progress=not args.quiet)
-    if "stopped_after_round" in summary:
-        print(
-            f"stopped after round {summary['stopped_after_round']}; continue with: "
-            f"fedgen run --resume {summary['run_dir']}"
-        )
-        return 0
-    print()
-    print(_result_table(summary))
-    print(f"\nrun dir: {summary['run_dir']}  (report.md, summary.json, metrics.jsonl, adapters)")
-    return 0
-
-
-def _saved_runtime(run_dir: str) -> str:
-    from fedgen.config import load_config
-
-    path = Path(run_dir) / "config.yaml"
-    return load_config(path).runtime if path.is_file() else "in-process"
-
-
-def cmd_deploy(args) -> int:
-    from fedgen.runtime.flower import pki
-
-    out = Path(args.out)
-    if args.action == "certs":
-        paths = pki.make_tls(out, args.host)
-        print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-    elif args.action == "node-key":
-        private, public = pki.make_node_key(out, args.name)
-        print(f"private: {private}\npublic:  {public}  (flwr supernode register {public} CONNECTION)")
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from fedgen.commands.compare import compare
-    from fedgen.experiment.registry import algorithm_names
-
-    cfg = _load(args)
-    known = algorithm_names()
-    algs = known if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
-    unknown = [a for a in algs if a not in known]
-    if unknown:
-        raise FedgenError(f"unknown algorithm(s) {unknown}; choose from {', '.join(known)} or 'all'")
-    try:
-        seeds = [int(x) for x in args.seeds.split(",")]
-    except ValueError:
-        raise FedgenError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    out = args.out or str(Path(cfg.output.root) / f"compare-{cfg.name}")
-    result = compare(cfg, algs, seeds, out, progress=not args.quiet)
-    print()
-    print(result["markdown"])
-    print(f"\nwritten: {out}/compare.json, {out}/compare.md")
-    return 0
-
-
-def cmd_pretrain(args) -> int:
-    from fedgen.experiment.registry import make_task
-
-    cfg = _load(args)
-    if args.task and args.task != cfg.task:
-        raise FedgenError(f"--task {args.task}: the config is for the {cfg.task} task (set task: in it)")
-    task = make_task(cfg)
-    out = Path(args.out) if args.out else task.backbone_path()
-    if task.backbone_ready(out) and not args.force:
-        print(f"backbone already exists: {out} (use --force to retrain)")
-        return 0
-    task.pretrain(out, progress=not args.quiet)
-    return 0
-
-
-def cmd_generate(args) -> int:
-    from fedgen.config import load_config
-    from fedgen.experiment.build import Experiment
-    from fedgen.experiment.run import saved_model_state
-
-    run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise FedgenError(f"{run} is not a run directory (no config.yaml)")
-    exp = Experiment.build(load_config(run / "config.yaml"), progress=False)
-    exp.params.load(saved_model_state(exp, run, args.client))
-    who = "global" if args.client is None else f"client_{args.client:03d}"
-    print(exp.task.generate(exp, run, who, args))
-    return 0
-
-
-def cmd_export(args) -> int:
-    from fedgen.commands.export import export
-
-    out = export(args.run, args.out, args.client)
-    print(f"exported to {out} (see {out}/fedgen_export.json)")
-    return 0
-
-
-def cmd_fid(args) -> int:
-    from fedgen.experiment.run import recompute_fid
-
-    table, written = recompute_fid(args.run_dir, args.n, progress=not args.quiet)
-    print(table)
-    print(f"\nwritten: {', '.join(written)}")
-    return 0
-
-
-def cmd_report(args) -> int:
-    from fedgen.experiment.registry import task_class
-    from fedgen.experiment.rundir import RunDir
-    from fedgen.report.parts import is_suite
-
-    rd = RunDir(Path(args.run))
-    if not (rd.path / "summary.json").is_file() and is_suite(rd.path):
-        from fedgen.report.publish import publish_suite
-        from fedgen.report.suite import write_suite_report
-
-        print(publish_suite(rd.path, args.publish) if args.publish else write_suite_report(rd.path))
-        return 0
-    if args.publish:
-        raise FedgenError(f"--publish: {rd.path} is not a suite or compare dir")
-    if not (rd.path / "summary.json").is_file():
-        raise FedgenError(f"{rd.path} has no summary.json (is the run finished? resume it with --resume)")
-    summary = json.loads((rd.path / "summary.json").read_text())
-    pers_file = rd.path / "personalization.json"
-    pers = json.loads(pers_file.read_text()) if pers_file.is_file() else None
-    report = task_class(summary.get("task", "text")).report
-    print(report.write_report(rd.path, summary, rd.read_metrics(), pers))
-    print(report.result_table(summary))
-    return 0
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise FedgenError(f"--seeds: expected comma-separated integers, got {text!r}") from None
-
-
-def cmd_reproduce(args) -> int:
-    from fedgen.commands.reproduce import KINDS, SUITES, config_path, describe, extra_configs, plan, run_suite
-    from fedgen.config import load_config
-    from fedgen.experiment.registry import algorithm_names
-
-    overrides = list(args.set or [])
-    if args.data_dir:
-        overrides.append(f"data.dir={args.data_dir}")
-    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(SUITES[args.suite])
-    kinds = tuple(k.strip() for k in args.only.split(",")) if args.only else KINDS
-    if set(tasks) - set(SUITES[args.suite]) or set(kinds) - set(KINDS):
-        raise FedgenError(
-            f"--tasks: choose from {', '.join(SUITES[args.suite])}; --only: from {', '.join(KINDS)}"
-        )
-    given = {"text": args.text_config, "image": args.image_config}
-    configs = {t: load_config(given[t] or config_path(SUITES[args.suite][t]), overrides) for t in tasks}
-    known = algorithm_names()
-    algs = known if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
-    if set(algs) - set(known):
-        raise FedgenError(
-            f"unknown algorithm(s) {sorted(set(algs) - set(known))}; choose from {', '.join(known)}"
-        )
-    extras = extra_configs(args.suite, overrides, tasks)
-    parts = plan(configs=configs, algorithms=algs, kinds=kinds, extras=extras)
-    seeds = _seeds(args.seeds)
-    if args.dry_run:
-        print(describe(parts, seeds))
-        return 0
-    out = args.out or str(Path(next(iter(configs.values())).output.root) / f"reproduce-{args.suite}")
-    command = "fedgen " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
-    report = run_suite(parts, seeds, out, progress=not args.quiet, command=command)
-    print(f"\nsuite report: {report}")
-    return 0
-
-
-def cmd_data(args) -> int:
-    from fedgen.data import cifar10, corpus, corpus_fetch, ptb
-
-    if args.action == "fetch":
-        if args.dataset == "ptb":
-            paths = ptb.fetch_ptb(args.dir, base_url=args.url or ptb.PTB_URL, force=args.force)
-            print(f"PTB ready in {Path(next(iter(paths.values()))).parent}")
-        elif args.dataset == "cifar10":
-            folder = cifar10.fetch_cifar10(args.dir, url=args.url or cifar10.CIFAR10_URL, force=args.force)
-            print(f"CIFAR-10 ready in {folder}")
-        else:
-            folder = corpus_fetch.fetch_pretrain(args.dir, base_url=args.url, force=args.force)
-            print(f"pre-training corpus ready in {folder}")
-    elif args.action == "verify":
-        if args.what in ("ptb", "all"):
-            paths = ptb.verify_ptb(args.dir)
-            print(f"PTB OK ({len(paths)} files in {ptb.data_root(args.dir) / 'ptb'})")
-        if args.what in ("pretrain", "all"):
-            files = corpus.pretrain_files(args.dir, verify=True)
-            print(f"pre-training corpus OK ({sum(len(v) for v in files.values())} files)")
-        if args.what in ("cifar10", "all"):
-            paths = cifar10.verify_cifar10(args.dir)
-            print(f"CIFAR-10 OK ({len(paths)} files in {ptb.data_root(args.dir) / 'cifar10'})")
-    elif args.action == "partition":
-        from fedgen.experiment.registry import make_task
-
-        print(make_task(_load(args)).describe_partition())
-    return 0
+from fedgen.deploy.guide import DEPLOY_GUIDE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["in-process", "flower-sim", "flower-deploy"],
         help="where rounds run (default: the config's runtime:, in-process); see `fedgen deploy --help`",
     )
-    r.set_defaults(func=cmd_run)
-
-    from fedgen.deploy.guide import DEPLOY_GUIDE
+    r.set_defaults(func="run:cmd_run")
 
     dp = sub.add_parser(
         "deploy",
@@ -287,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     dk = dps.add_parser("node-key", help="write a SuperNode auth key pair (OpenSSH EC P-384)")
     dk.add_argument("--out", required=True)
     dk.add_argument("--name", required=True)
-    dp.set_defaults(func=cmd_deploy)
+    dp.set_defaults(func="run:cmd_deploy")
 
     c = sub.add_parser("compare", help="run every algorithm x seed and tabulate (resumable)")
     common(c)
     c.add_argument("--algorithms", default="all", help="comma-separated names or 'all'")
     c.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     c.add_argument("--out", help="output dir (default runs/compare-<name>)")
-    c.set_defaults(func=cmd_compare)
+    c.set_defaults(func="compare:cmd_compare")
 
     pt = sub.add_parser(
         "pretrain", help="pre-train the backbone offline (text: public corpus; image: public CIFAR-10 slice)"
@@ -303,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--task", help="check that the config is for this task (text, image, ...)")
     pt.add_argument("--out", help="checkpoint dir (default: the cache slot model.backbone=auto uses)")
     pt.add_argument("--force", action="store_true")
-    pt.set_defaults(func=cmd_pretrain)
+    pt.set_defaults(func="model:cmd_pretrain")
 
     g = sub.add_parser(
         "generate", help="sample text (or an image grid) from a run's global or personalized model"
@@ -317,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--num", type=int, default=1, help="number of samples (image runs: per class)")
     g.add_argument("--out", help="image runs: PNG path (default RUN/samples/generate-*.png)")
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func="model:cmd_generate")
 
     rp = sub.add_parser(
         "report", help="rewrite a finished run's report, or a suite's (dir of compare outputs)"
@@ -330,13 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT",
         help="suites: also copy the report, its figures and the run outputs it reads (no adapters) to OUT",
     )
-    rp.set_defaults(func=cmd_report)
+    rp.set_defaults(func="report:cmd_report")
 
     fd = sub.add_parser("fid", help="Inception FID/KID of a finished image run's saved generators")
     fd.add_argument("run_dir")
     fd.add_argument("--n", type=int, help="samples per model set (default: the run's image.fid_samples)")
     fd.add_argument("--quiet", action="store_true", help="no progress bars")
-    fd.set_defaults(func=cmd_fid)
+    fd.set_defaults(func="model:cmd_fid")
 
     ex = sub.add_parser(
         "export", help="merge a run's global (or a client's personalized) model into a plain checkpoint"
@@ -344,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--run", required=True)
     ex.add_argument("--client", type=int, help="export this client's personalized model")
     ex.add_argument("out", help="output directory (new or empty)")
-    ex.set_defaults(func=cmd_export)
+    ex.set_defaults(func="export:cmd_export")
 
     rr = sub.add_parser("reproduce", help="the paper's experiments as one resumable suite, then its report")
     rr.add_argument("--suite", choices=["cpu", "paper"], required=True)
@@ -361,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in every config")
     rr.add_argument("--data-dir", help="data root (default $FEDGEN_DATA or ./data)")
     rr.add_argument("--quiet", action="store_true", help="no progress bars")
-    rr.set_defaults(func=cmd_reproduce)
+    rr.set_defaults(func="reproduce:cmd_reproduce")
 
     d = sub.add_parser("data", help="fetch / verify datasets, show partitions")
     dsub = d.add_subparsers(dest="action", required=True)
@@ -375,14 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--what", choices=["ptb", "pretrain", "cifar10", "all"], default="ptb")
     pa = dsub.add_parser("partition", help="build (cached) and describe the client partition")
     common(pa, config_required=False)
-    d.set_defaults(func=cmd_data)
+    d.set_defaults(func="data:cmd_data")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    module, _, name = args.func.partition(":")
     try:
-        return args.func(args)
+        # the command's module is imported only now: `fedgen --help` and one command's start-up
+        # do not pay for every command's dependencies (torch, transformers, Flower)
+        handler = getattr(importlib.import_module(f"fedgen.commands.{module}"), name)
+        return handler(args)
     except FedgenError as e:
         print(f"fedgen: error: {e}", file=sys.stderr)
         return 2

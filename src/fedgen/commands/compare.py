@@ -11,8 +11,10 @@ import shutil
 import statistics
 from pathlib import Path
 
+from fedgen.commands.options import config_of
 from fedgen.config import Config
-from fedgen.experiment.registry import algorithm_names, task_class
+from fedgen.core.errors import FedgenError
+from fedgen.experiment.registry import algorithm_names, report_of, task_class
 from fedgen.experiment.run import run_experiment
 from fedgen.experiment.summary import result_key
 from fedgen.report.compare_table import markdown
@@ -73,7 +75,7 @@ def _mean_std(values: list[float]) -> dict | None:
 
 def flatten(summary: dict) -> dict:
     """One table row from a run's summary: the generic fields and the task's compare columns."""
-    task_report = task_class(summary.get("task", "text")).report
+    task_report = report_of(summary)
     return {**{k: summary.get(k) for k in ROW_FIELDS}, **task_report.flatten(summary)}
 
 
@@ -165,3 +167,25 @@ def compare(
     (out / "compare.json").write_text(json.dumps(result, indent=2))
     (out / "compare.md").write_text(md + "\n")
     return {"markdown": md, **result}
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def cmd_compare(args) -> int:
+    cfg = config_of(args)
+    known = algorithm_names()
+    algs = known if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
+    unknown = [a for a in algs if a not in known]
+    if unknown:
+        raise FedgenError(f"unknown algorithm(s) {unknown}; choose from {', '.join(known)} or 'all'")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise FedgenError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    out = args.out or str(Path(cfg.output.root) / f"compare-{cfg.name}")
+    result = compare(cfg, algs, seeds, out, progress=not args.quiet)
+    print()
+    print(result["markdown"])
+    print(f"\nwritten: {out}/compare.json, {out}/compare.md")
+    return 0

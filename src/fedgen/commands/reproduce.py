@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedgen.config import Config, clients_per_round, config_from_dict, load_config
 from fedgen.core.errors import FedgenError
-from fedgen.experiment.registry import algorithm, algorithm_names, check_config
+from fedgen.experiment.registry import algorithm, algorithm_names, check_config, task_class
 from fedgen.tasks import paper
 
 SUITES = {
@@ -135,30 +136,6 @@ def plan(
 # ------------------------------------------------------------------------------------ the plan
 
 
-def _text_examples(cfg: Config) -> int | None:
-    """Training windows over all clients (~ (1 - test_fraction) of the clients' word tokens)."""
-    from fedgen.data.ptb import load_ptb
-    from fedgen.tasks.text.data import ptb_documents
-
-    try:
-        ptb = load_ptb(cfg.data.dir, verify=False)
-    except Exception:  # no data here: the plan still prints, without step counts
-        return None
-    _, docs = ptb_documents(cfg, ptb)
-    tokens = sum(len(s) for d in docs for s in d)
-    return int(tokens * (1 - cfg.data.test_fraction) / (cfg.model.context + 1))
-
-
-def _image_examples(cfg: Config) -> int:
-    """Training images over all clients: the pool (CIFAR-10 train minus the public slice) x 0.8."""
-    pool = 50_000 - int(round(cfg.data.public_fraction * 50_000))
-    pool = min(pool, cfg.data.max_examples or pool)
-    return int(pool * (1 - cfg.data.test_fraction))
-
-
-EXAMPLES = {"text": _text_examples, "image": _image_examples}
-
-
 def local_steps(cfg: Config, alg: str, examples: int | None) -> int | None:
     """Expected optimizer steps of one run (clients of equal size; FedGen-Edge's fine-tuning included)."""
     if examples is None:
@@ -172,7 +149,7 @@ def local_steps(cfg: Config, alg: str, examples: int | None) -> int | None:
         return k * budget * per_client
     if spec.mode == "central":
         return budget * math.ceil(examples / f.batch_size)
-    steps = f.rounds * m * f.local_epochs * per_client * (2 if alg == "ditto" else 1)  # Ditto: w and v_k
+    steps = f.rounds * m * f.local_epochs * per_client * spec.fits_per_round
     if spec.personalized == "finetune" and cfg.personalize.enabled:
         steps += k * cfg.personalize.epochs * per_client
     return steps
@@ -186,7 +163,7 @@ def plan_rows(parts: list[PlanPart], seeds: list[int]) -> list[dict]:
         c = p.cfg
         key = (p.task, c.digest("data", "model", "fl"))
         if key not in examples:
-            examples[key] = EXAMPLES.get(p.task, lambda cfg: None)(c)
+            examples[key] = task_class(p.task).training_examples(c)
         for seed in seeds:
             for alg in p.algorithms:
                 rows.append(
@@ -269,3 +246,44 @@ def run_suite(
         save("running")
     save("finished")
     return write_suite_report(out)
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise FedgenError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_reproduce(args) -> int:
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"data.dir={args.data_dir}")
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(SUITES[args.suite])
+    kinds = tuple(k.strip() for k in args.only.split(",")) if args.only else KINDS
+    if set(tasks) - set(SUITES[args.suite]) or set(kinds) - set(KINDS):
+        raise FedgenError(
+            f"--tasks: choose from {', '.join(SUITES[args.suite])}; --only: from {', '.join(KINDS)}"
+        )
+    given = {"text": args.text_config, "image": args.image_config}
+    configs = {t: load_config(given[t] or config_path(SUITES[args.suite][t]), overrides) for t in tasks}
+    known = algorithm_names()
+    algs = known if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
+    if set(algs) - set(known):
+        raise FedgenError(
+            f"unknown algorithm(s) {sorted(set(algs) - set(known))}; choose from {', '.join(known)}"
+        )
+    extras = extra_configs(args.suite, overrides, tasks)
+    parts = plan(configs=configs, algorithms=algs, kinds=kinds, extras=extras)
+    seeds = _seeds(args.seeds)
+    if args.dry_run:
+        print(describe(parts, seeds))
+        return 0
+    out = args.out or str(Path(next(iter(configs.values())).output.root) / f"reproduce-{args.suite}")
+    command = "fedgen " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
+    report = run_suite(parts, seeds, out, progress=not args.quiet, command=command)
+    print(f"\nsuite report: {report}")
+    return 0

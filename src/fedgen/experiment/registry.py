@@ -15,12 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from fedgen.core.errors import ConfigError
+from fedgen.core.errors import ConfigError, FedgenError
 from fedgen.fl.algorithms import ALGORITHMS, AlgorithmSpec, register_algorithm
 
 if TYPE_CHECKING:
     from fedgen.config import Config
-    from fedgen.tasks.base import Task
+    from fedgen.tasks.base import Task, TaskReport
 
 __all__ = ["algorithm", "algorithm_names", "make_task", "register_algorithm", "register_task", "task_class"]
 
@@ -48,6 +48,13 @@ def task_class(name: str) -> type[Task]:
         module, _, attr = entry.partition(":")
         entry = _TASKS[name] = getattr(importlib.import_module(module), attr)
     return entry
+
+
+def report_of(summary: dict) -> TaskReport:
+    """The report pieces of the task that wrote ``summary`` (every summary.json names its task)."""
+    if "task" not in summary:
+        raise FedgenError("summary.json names no task: not written by this version of fedgen")
+    return task_class(summary["task"]).report
 
 
 def make_task(cfg: Config) -> Task:

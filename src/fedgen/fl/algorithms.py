@@ -64,6 +64,7 @@ class AlgorithmSpec:
     has_global: bool  # a single global model exists and is evaluated on the global sets
     personalized: str | None  # "finetune" | "kept" | None
     client_logic: Callable[[LogicInputs], ClientLogic] | None = None  # federated mode only
+    fits_per_round: int = 1  # local trainings of a sampled client per round (Ditto: w and v_k)
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {}
@@ -149,12 +150,36 @@ def _fedavg(x: LogicInputs) -> FedAvgClient:
 
 
 for _spec in (
-    AlgorithmSpec("central-full", "full", "central", True, None),
-    AlgorithmSpec("central-lora", "lora", "central", True, None),
-    AlgorithmSpec("local", "lora", "local", False, "kept"),
-    AlgorithmSpec("fedavg-full", "full", "federated", True, None, _fedavg),
-    AlgorithmSpec("fedper", "full", "federated", False, "kept", _fedper),
-    AlgorithmSpec("ditto", "lora", "federated", True, "kept", _ditto),
-    AlgorithmSpec("fedgen", "lora", "federated", True, "finetune", _fedavg),
+    AlgorithmSpec("central-full", trains="full", mode="central", has_global=True, personalized=None),
+    AlgorithmSpec("central-lora", trains="lora", mode="central", has_global=True, personalized=None),
+    AlgorithmSpec("local", trains="lora", mode="local", has_global=False, personalized="kept"),
+    AlgorithmSpec(
+        "fedavg-full",
+        trains="full",
+        mode="federated",
+        has_global=True,
+        personalized=None,
+        client_logic=_fedavg,
+    ),
+    AlgorithmSpec(
+        "fedper", trains="full", mode="federated", has_global=False, personalized="kept", client_logic=_fedper
+    ),
+    AlgorithmSpec(
+        "ditto",
+        trains="lora",
+        mode="federated",
+        has_global=True,
+        personalized="kept",
+        client_logic=_ditto,
+        fits_per_round=2,
+    ),
+    AlgorithmSpec(
+        "fedgen",
+        trains="lora",
+        mode="federated",
+        has_global=True,
+        personalized="finetune",
+        client_logic=_fedavg,
+    ),
 ):
     register_algorithm(_spec)

@@ -8,6 +8,7 @@ plain PEFT adapter directory that ``PeftModel.from_pretrained`` loads onto the s
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -79,3 +80,11 @@ def init_adapter(model: nn.Module, seed: int) -> None:
     for mod in model.modules():
         if hasattr(mod, "reset_lora_parameters"):
             mod.reset_lora_parameters("default", True)
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with any LoRA merged into its base weights (eval mode)."""
+    model = copy.deepcopy(model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.eval()

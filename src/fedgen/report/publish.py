@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 from fedgen.core.errors import FedgenError
-from fedgen.report.parts import SUITE_FILE, find_parts, read_json, seed_runs
-from fedgen.report.sections import _small_copy, grids_shown
 from fedgen.report.suite import write_suite_report
+from fedgen.report.suite_parts import SUITE_FILE, find_parts, read_json, seed_runs
+from fedgen.report.suite_sections import _small_copy, grids_shown
 
 PART_FILES = ("compare.json", "compare.md")
 RUN_FILES = ("summary.json", "metrics.jsonl", "personalization.json", "samples.json")

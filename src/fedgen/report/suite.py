@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedgen.report import sections as sec
-from fedgen.report.parts import SUITE_FILE, find_parts, read_json
+from fedgen.report import suite_sections as sec
+from fedgen.report.suite_parts import SUITE_FILE, find_parts, read_json
 from fedgen.tasks import paper as paper_figs
 
 SECTIONS = [

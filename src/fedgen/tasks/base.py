@@ -73,6 +73,7 @@ class ExperimentView(Protocol):
     :class:`fedgen.experiment.build.Experiment` provides it; tasks never import that layer)."""
 
     cfg: Config
+    setup: TaskSetup  # the task's own parts, as its ``setup`` built them
     params: ParamSet  # the model with its trained parameter set: ``params.load(state)``, ``params.model``
 
     @property
@@ -101,6 +102,10 @@ class Task(Protocol):
     report: ClassVar[TaskReport]
 
     def __init__(self, cfg: Config) -> None: ...
+
+    @staticmethod
+    def training_examples(cfg: Config) -> int | None:
+        """Training examples over all clients, for a suite plan's step estimates (None: unknown here)."""
 
     @staticmethod
     def check_config(cfg: Config) -> None:
@@ -134,6 +139,10 @@ class Task(Protocol):
 
     def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
         """``fedgen generate``: sample from the loaded model; returns what to print."""
+
+    def export(self, exp: ExperimentView, out: Path) -> list[str]:
+        """``fedgen export``: write the loaded model (LoRA merged) in a format stock libraries load
+        without fedgen into the empty directory ``out``; returns the file names written."""
 
     def describe_partition(self) -> str:
         """``fedgen data partition``: the partition's statistics as text."""

@@ -101,6 +101,10 @@ class DummyTask:
         self.cfg = cfg
 
     @staticmethod
+    def training_examples(cfg) -> int | None:
+        return 40 * cfg.data.num_clients
+
+    @staticmethod
     def check_config(cfg) -> None:
         if cfg.data.num_clients > 50:
             raise ConfigError("config data.num_clients: the dummy task has at most 50 clients")
@@ -146,6 +150,12 @@ class DummyTask:
 
     def finish(self, exp, run_dir: Path, global_state, personal, progress: bool = True) -> dict:
         return {"dummy_clients_with_own_model": sum(1 for k in exp.data if personal is not None)}
+
+    def export(self, exp, out: Path) -> list[str]:
+        (out / "regressor.json").write_text(
+            json.dumps({k: v.tolist() for k, v in exp.params.state().items()})
+        )
+        return ["regressor.json"]
 
     def generate(self, exp, run_dir: Path, who: str, opts) -> str:
         return "no samples"

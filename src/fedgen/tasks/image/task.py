@@ -27,6 +27,7 @@ from fedgen.tasks.base import ClientData, ExperimentView, TaskSetup
 from fedgen.tasks.image import report
 from fedgen.tasks.image.backbone import backbone_dir, pretrain_gan
 from fedgen.tasks.image.data import evaluation_classifier, images, load_image_partition, splits
+from fedgen.tasks.image.export import export_image
 from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, gan_of
 
 if TYPE_CHECKING:
@@ -70,6 +71,13 @@ class ImageTask:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.cifar: CIFAR10 | None = None  # loaded on first use (data())
+
+    @staticmethod
+    def training_examples(cfg: Config) -> int | None:
+        """Training images over all clients: the pool (CIFAR-10 train minus the public slice) x 0.8."""
+        pool = 50_000 - int(round(cfg.data.public_fraction * 50_000))
+        pool = min(pool, cfg.data.max_examples or pool)
+        return int(pool * (1 - cfg.data.test_fraction))
 
     @staticmethod
     def check_config(cfg: Config) -> None:
@@ -210,6 +218,9 @@ class ImageTask:
         if progress:
             print(f"final metrics: Inception FID/KID on {n} samples per model set")
         return final_image_metrics(exp, self.data(), global_state, personal, n, progress)
+
+    def export(self, exp: ExperimentView, out: Path) -> list[str]:
+        return export_image(exp, out)
 
     def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
         from fedgen.tasks.image.metrics import save_grid

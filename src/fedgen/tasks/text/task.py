@@ -23,7 +23,8 @@ from fedgen.models.gpt import VOCAB_FILE, count_params, freeze, load_backbone
 from fedgen.models.lora import add_lora
 from fedgen.tasks.base import ExperimentView, TaskSetup
 from fedgen.tasks.text import report
-from fedgen.tasks.text.data import client_datasets, head_sentences, load_partition
+from fedgen.tasks.text.data import client_datasets, head_sentences, load_partition, ptb_documents
+from fedgen.tasks.text.export import export_text
 from fedgen.tasks.text.lm import Codec, HFCodec, LMObjective, WordCodec
 
 if TYPE_CHECKING:
@@ -92,6 +93,18 @@ class TextTask:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+
+    @staticmethod
+    def training_examples(cfg: Config) -> int | None:
+        """Training windows over all clients (~ (1 - test_fraction) of the clients' word tokens);
+        None when PTB is not in ``cfg.data.dir`` (a plan still prints, without step counts)."""
+        try:
+            ptb = load_ptb(cfg.data.dir, verify=False)
+        except FedgenError:
+            return None
+        _, docs = ptb_documents(cfg, ptb)
+        tokens = sum(len(s) for d in docs for s in d)
+        return int(tokens * (1 - cfg.data.test_fraction) / (cfg.model.context + 1))
 
     @staticmethod
     def check_config(cfg: Config) -> None:
@@ -254,6 +267,9 @@ class TextTask:
             ]
         (run_dir / "samples.json").write_text(json.dumps(out, indent=2))
         return {}
+
+    def export(self, exp: ExperimentView, out: Path) -> list[str]:
+        return export_text(exp, out)
 
     def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
         texts = [

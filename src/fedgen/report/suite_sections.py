@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fedgen.report import figures
 from fedgen.report.compare_table import markdown
-from fedgen.report.parts import (
+from fedgen.report.suite_parts import (
     Part,
     algorithms,
     headline,
