@@ -23,10 +23,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-try:
-    import fedgen.config.schema as schema
-except ImportError:  # the module's old path; this fallback goes once the move to fedgen.config.schema lands
-    from fedgen import config_schema as schema
+import fedgen.config.schema as schema
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "config.md"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import fedgen.config.schema as schema
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
@@ -27,11 +29,6 @@ PAGES = [
     "architecture.md",
     "config.md",
 ]
-
-try:
-    import fedgen.config.schema as schema
-except ImportError:  # the module's old path; this fallback goes once the move to fedgen.config.schema lands
-    from fedgen import config_schema as schema
 
 
 def _hand_written_pages() -> list[Path]:

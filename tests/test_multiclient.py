@@ -1,4 +1,4 @@
-"""Batched multi-client LoRA training (fl/multiclient.py): a round's clients trained together give the
+"""Batched multi-client LoRA training (fl/batched.py): a round's clients trained together give the
 adapters, sample counts and metrics of training them one by one, as ordinary PEFT adapters.
 
 Tiny random backbones are built here (our GPT-2 with q/k/v split, and a Llama with q_proj/v_proj),

@@ -280,7 +280,7 @@ class Config:
     # Where federated rounds run: in this process, Flower's Simulation Engine, or a Flower deployment.
     runtime: Literal["in-process", "flower-sim", "flower-deploy"] = "in-process"
     # In-process runtime: train a round's sampled clients together, one backbone pass per step
-    # (fl/multiclient.py; fedgen-style LoRA algorithms on the text task, else one by one).
+    # (fl/batched.py; fedgen-style LoRA algorithms on the text task, else one by one).
     # auto: on CUDA only (on a few CPU cores it is slower than one by one).
     batched_clients: Literal["auto", "on", "off"] = "auto"
     data: DataConfig = field(default_factory=DataConfig)
