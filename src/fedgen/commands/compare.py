@@ -66,7 +66,7 @@ def run_one(cfg: Config, algorithm: str, seed: int, run_dir: Path, progress: boo
     return run_experiment(c, run_dir, progress=progress)
 
 
-def _mean_std(values: list[float]) -> dict | None:
+def _mean_std(values: list[float | None]) -> dict | None:
     v = [x for x in values if x is not None]
     if not v:
         return None

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedgen.config import Config, clients_per_round, config_from_dict, load_config
 from fedgen.core.errors import FedgenError
@@ -226,7 +227,12 @@ def run_suite(
     meta_file = out / "suite.json"
     old = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     invocations = [*old.get("invocations", []), {"command": command, "seconds": 0.0}]
-    meta = {"command": command, "seeds": seeds, "parts": [p.meta() for p in parts], "status": "running"}
+    meta: dict[str, Any] = {
+        "command": command,
+        "seeds": seeds,
+        "parts": [p.meta() for p in parts],
+        "status": "running",
+    }
     t0 = time.time()
 
     def save(status: str) -> None:

@@ -7,6 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedgen.experiment.registry import task_class
+from fedgen.tasks.base import TaskReport
+
 SUITE_FILE = "suite.json"
 
 
@@ -76,9 +79,8 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
 
 
-def task_spec(task: str) -> tuple[object, dict]:
-    from fedgen.experiment.registry import task_class
-
+def task_spec(task: str) -> tuple[TaskReport, dict]:
+    """A task's report pieces and its suite-report spec (its ``suite`` attribute, else a default)."""
     rep = task_class(task).report
     return rep, getattr(rep, "suite", None) or {
         "metric": (rep.compare_columns[0][0], rep.compare_columns[0][1]),

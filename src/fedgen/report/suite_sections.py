@@ -117,7 +117,8 @@ def convergence(part: Part, fig_dir: Path) -> list[str]:
     keys.append((f"local_test_{m}_personalized", f"clients' mean {mlabel}, own model"))
     panels = []
     for key, label in keys:
-        series, refs = {}, {}
+        series: dict[str, list] = {}
+        refs: dict[str, list[float]] = {}
         for alg in algorithms(part):
             for run in run_dirs(part, alg):
                 rows = read_metrics(run)
@@ -187,14 +188,14 @@ def ablation(parts: list[Part], kind: str, fig_dir: Path) -> list[str]:
     claim = paper_figs.load()["ablations"]["rank" if kind == "rank" else "local_epochs"]["claim"]
     lines = []
     by_task: dict[str, list[Part]] = {}
-    for p in sorted((p for p in parts if p.kind == kind), key=lambda p: p.value):
+    for p in sorted((p for p in parts if p.kind == kind), key=lambda p: p.value or 0):
         by_task.setdefault(p.task, []).append(p)
     for task, sweep in sorted(by_task.items()):
         _, spec = task_spec(task)
         cells = [p.compare["table"].get(p.algorithm) or {} for p in sweep]
         metric = [c.get(spec["metric"][0]) for c in cells]
         up = [(c.get("upload_bytes_total") or {}).get("mean") for c in cells]
-        vals = [p.value for p in sweep]
+        vals = [p.value for p in sweep if p.value is not None]  # a sweep part always has its value
         png = figures.ablation(
             vals,
             [(x["mean"], x["std"]) if x else None for x in metric],
@@ -227,7 +228,11 @@ def _small_copy(src: Path, dst: Path) -> None:
     from PIL import Image
 
     with Image.open(src) as im:
-        small = im.resize((im.width // 2, im.height // 2), Image.NEAREST) if im.width > 400 else im.copy()
+        small = (
+            im.resize((im.width // 2, im.height // 2), Image.Resampling.NEAREST)
+            if im.width > 400
+            else im.copy()
+        )
     small.save(dst, optimize=True)
 
 

@@ -42,7 +42,10 @@ class Objective(Protocol):
     """The training/evaluation side of a task, as the training loop and the evaluators see it."""
 
     metric: str  # the per-client quality figure (lower is better), e.g. "ppl"
-    global_keys: tuple[str, ...]  # figures of ``evaluate`` reported per global evaluation set
+
+    @property
+    def global_keys(self) -> tuple[str, ...]:  # figures of ``evaluate`` reported per global evaluation set
+        ...
 
     def batches(self, examples: Any, batch_size: int, generator: Any) -> Iterator[Any]: ...
     def concat(self, parts: list[Any]) -> Any: ...

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 from safetensors.torch import save_file
 
 from fedgen.data.cifar10 import CLASSES
+from fedgen.models.cgan import CondGAN
 from fedgen.models.lora import merged_copy
 from fedgen.tasks.base import ExperimentView
 
@@ -80,7 +82,7 @@ def load_generator(path):
 
 def export_image(exp: ExperimentView, out: Path) -> list[str]:
     """Write the loaded generator, its config and a loader into ``out``; returns the file names."""
-    gan = merged_copy(exp.params.model)
+    gan = cast(CondGAN, merged_copy(exp.params.model))  # the image task's model is a CondGAN
     sd = {k: v.detach().contiguous() for k, v in gan.generator.state_dict().items()}
     save_file(sd, str(out / "generator.safetensors"))
     arch = asdict(gan.config)

@@ -108,8 +108,8 @@ def per_client_section(view: dict | None, max_rows: int = 30) -> list[str]:
         head = " | ".join(f"{w} acc | {w} KID" for w in whos)
         lines += ["", f"| client | {head} |", "|---|" + "---|---|" * len(whos)]
         for k, v in clients.items():
-            cells = " | ".join(f"{v[w]['class_acc']:.3f} | {v[w]['kid']:.4f}" for w in whos)
-            lines.append(f"| {k} | {cells} |")
+            row = " | ".join(f"{v[w]['class_acc']:.3f} | {v[w]['kid']:.4f}" for w in whos)
+            lines.append(f"| {k} | {row} |")
     return [*lines, ""]
 
 

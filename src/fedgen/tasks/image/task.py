@@ -13,7 +13,7 @@ discriminator (:mod:`fedgen.tasks.image.gan`). Outputs: Inception FID / KID, the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 def generator_blocks(gan: nn.Module) -> list[tuple[str, ...]]:
     """The generator's blocks, read from its structure: each hidden (transposed) convolution with the
     class-conditional norm after it, then the output convolution. Module-name prefixes per block."""
-    g = gan_of(gan).generator
+    g = cast(cgan.CondGAN, gan_of(gan)).generator
     blocks = [(f"generator.convs.{i}.", f"generator.norms.{i}.") for i in range(len(g.convs))]
     return [*blocks, ("generator.out.",)]
 
@@ -225,10 +225,12 @@ class ImageTask:
     def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
         from fedgen.tasks.image.metrics import save_grid
 
-        classes = exp.objective.num_classes
+        gan = exp.objective
+        assert isinstance(gan, GanObjective)  # the image task built it
+        classes = gan.num_classes
         labels = torch.arange(classes).repeat_interleave(opts.num)
         out = Path(opts.out) if opts.out else run_dir / "samples" / f"generate-{who}-seed{opts.seed}.png"
-        save_grid(exp.objective.generate(exp.params.model, labels, seed=opts.seed), out, rows=classes)
+        save_grid(gan.generate(exp.params.model, labels, seed=opts.seed), out, rows=classes)
         return f"{classes} classes x {opts.num} samples written to {out}"
 
     def describe_partition(self) -> str:

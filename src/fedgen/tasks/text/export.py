@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import cast
 
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
-from transformers import PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast
 
 from fedgen.core.errors import FedgenError
 from fedgen.data.ptb import Vocab
@@ -43,12 +44,11 @@ def word_tokenizer(itos: list[str], eos: str = "<eos>", unk: str = "<unk>"):
 
 def export_text(exp: ExperimentView, out: Path) -> list[str]:
     """Write the loaded model and its tokenizer into ``out``; returns the file names written."""
-    model = merged_copy(exp.params.model)
-    if any(isinstance(m, SplitQKV) for m in model.modules()):
-        model = fuse_qkv(model)
-        fused = type(model)(model.config)  # a plain GPT-2 (fresh c_attn Conv1D modules), same weights
-        fused.load_state_dict(model.state_dict())
-        model = fused
+    model = cast(PreTrainedModel, merged_copy(exp.params.model))  # text backbones are transformers LMs
+    if any(isinstance(m, SplitQKV) for m in model.modules()):  # our word-level GPT-2 (split q/k/v)
+        gpt = fuse_qkv(cast(GPT2LMHeadModel, model))
+        model = GPT2LMHeadModel(gpt.config)  # a plain GPT-2 (fresh c_attn Conv1D modules), same weights
+        model.load_state_dict(gpt.state_dict())
     model.save_pretrained(out, safe_serialization=True)
     backbone = Path(exp.setup.backbone.get("path") or "")
     if (backbone / "tokenizer.json").is_file():  # a Hugging Face LM with its own tokenizer

@@ -42,9 +42,15 @@ def _first(config: Any, *names: str) -> Any:
     return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), None)
 
 
+def _lm(exp: ExperimentView) -> LMObjective:
+    """The experiment's objective, which the text task built (an :class:`LMObjective`)."""
+    assert isinstance(exp.objective, LMObjective)
+    return exp.objective
+
+
 def architecture(model: nn.Module) -> dict[str, Any]:
     """The facts of a loaded backbone, read from the model itself (never from the config)."""
-    c = model.config
+    c: Any = model.config  # every causal LM's config names these facts, under one of two names
     return {
         "model_type": c.model_type,
         "n_layer": _first(c, "num_hidden_layers", "n_layer"),
@@ -78,8 +84,8 @@ def load_text_backbone(path: Path) -> tuple[nn.Module, Codec, dict]:
     """A backbone checkpoint dir, its codec and its provenance: our word-level GPT-2 (a dir with
     vocab.txt) or any Hugging Face causal LM with its own tokenizer."""
     if (path / VOCAB_FILE).is_file():
-        model, vocab, meta = load_backbone(path)
-        return model, WordCodec(vocab), meta
+        gpt, vocab, meta = load_backbone(path)
+        return gpt, WordCodec(vocab), meta
     model, tokenizer, meta = load_causal_lm(path)
     meta["source"] = meta.get("description") or meta["source"]
     return model, HFCodec(tokenizer), meta
@@ -262,7 +268,7 @@ class TextTask:
         for label, state in models:
             exp.params.load(state)
             out[label] = [
-                exp.objective.sample(exp.params.model, p, max_new_tokens=25, seed=i)
+                _lm(exp).sample(exp.params.model, p, max_new_tokens=25, seed=i)
                 for i, p in enumerate(SAMPLE_PROMPTS)
             ]
         (run_dir / "samples.json").write_text(json.dumps(out, indent=2))
@@ -273,7 +279,7 @@ class TextTask:
 
     def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
         texts = [
-            exp.objective.sample(
+            _lm(exp).sample(
                 exp.params.model,
                 opts.prompt,
                 max_new_tokens=opts.max_tokens,
