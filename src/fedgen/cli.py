@@ -11,9 +11,7 @@ from pathlib import Path
 from fedgen.errors import FedgenError
 
 
-def _load(args) -> object:
-    from fedgen.config import load_config
-
+def _overrides(args) -> list[str]:
     overrides = list(args.set or [])
     if getattr(args, "backbone", None):
         overrides.append(f"model.backbone={args.backbone}")
@@ -21,7 +19,13 @@ def _load(args) -> object:
         overrides.append(f"device={args.device}")
     if getattr(args, "data_dir", None):
         overrides.append(f"data.dir={args.data_dir}")
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def _load(args) -> object:
+    from fedgen.config import load_config
+
+    return load_config(args.config, _overrides(args))
 
 
 def _result_table(summary: dict) -> str:
@@ -33,6 +37,11 @@ def _result_table(summary: dict) -> str:
 def cmd_run(args) -> int:
     from fedgen.run import run_experiment
 
+    if args.resume and not args.config and _overrides(args):
+        from fedgen.run import resume_config
+
+        args.config = str(Path(args.resume) / "config.yaml")  # checked: only safe changes, recorded
+        resume_config(args.resume, _overrides(args))
     if getattr(args, "runtime", None):
         args.set = [*(args.set or []), f"runtime={args.runtime}"]
     cfg = _load(args) if (args.config or not args.resume) else None
@@ -158,7 +167,11 @@ def cmd_report(args) -> int:
         from fedgen.report.publish import publish_suite
         from fedgen.report.suite import write_suite_report
 
-        print(publish_suite(rd.path, args.publish) if args.publish else write_suite_report(rd.path))
+        print(
+            publish_suite(rd.path, args.publish, replace=args.replace)
+            if args.publish
+            else write_suite_report(rd.path)
+        )
         return 0
     if args.publish:
         raise FedgenError(f"--publish: {rd.path} is not a suite or compare dir")
@@ -326,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--publish",
         metavar="OUT",
         help="suites: also copy the report, its figures and the run outputs it reads (no adapters) to OUT",
+    )
+    rp.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --publish: move an earlier publication at OUT aside (OUT.old-N) instead of refusing",
     )
     rp.set_defaults(func=cmd_report)
 
