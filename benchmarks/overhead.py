@@ -49,9 +49,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from fedgen.config import Config, clients_per_round, load_config  # noqa: E402
+from fedgen.core.seeding import derive_seed  # noqa: E402
 from fedgen.experiment.build import Experiment  # noqa: E402
 from fedgen.experiment.registry import make_task  # noqa: E402
-from fedgen.fl.client import derive_seed  # noqa: E402
 from fedgen.fl.server import federate, sample_clients  # noqa: E402
 from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
 

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT",
         help="suites: also copy the report, its figures and the run outputs it reads (no adapters) to OUT",
     )
+    rp.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --publish: move an earlier publication at OUT aside (OUT.old-N) instead of refusing",
+    )
     rp.set_defaults(func="report:cmd_report")
 
     fd = sub.add_parser("fid", help="Inception FID/KID of a finished image run's saved generators")

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import statistics
 from pathlib import Path
 
 from fedgen.commands.options import config_of
 from fedgen.config import Config
 from fedgen.core.errors import FedgenError
+from fedgen.core.files import atomic_write_json, atomic_write_text
+from fedgen.experiment.build import Experiment, distribution
 from fedgen.experiment.registry import algorithm_names, report_of, task_class
 from fedgen.experiment.run import run_experiment
-from fedgen.experiment.summary import result_key
+from fedgen.experiment.summary import backbone_digest, result_key
 from fedgen.report.compare_table import markdown
 
 ROW_FIELDS = [
@@ -44,26 +45,38 @@ def run_one(cfg: Config, algorithm: str, seed: int, run_dir: Path, progress: boo
 
     A finished run is reused, and an interrupted federated run resumed, only when it was made
     with the same result key (result-affecting config + results schema); a stale run is moved
-    aside to ``<dir>.stale-<its key>`` (nothing is deleted) and run again.
+    aside to ``<dir>.stale-<its key>[-N]`` (nothing is ever deleted) and run again. The key includes
+    the backbone's weights (:func:`fedgen.experiment.summary.backbone_digest`): a retrained backbone is stale.
     """
     c = dataclasses.replace(cfg, seed=seed, algorithm=dataclasses.replace(cfg.algorithm, name=algorithm))
     if run_dir.exists():
         saved = _saved_key(run_dir)
-        if saved != result_key(c):
-            stale = run_dir.with_name(f"{run_dir.name}.stale-{saved or 'unknown'}")
-            if stale.exists():
-                shutil.rmtree(stale)
-            run_dir.rename(stale)
+        if saved != current_key(c):
+            stale = _free_name(run_dir.with_name(f"{run_dir.name}.stale-{saved or 'unknown'}"))
+            run_dir.rename(stale)  # moved aside, never deleted (an older .stale-* stays as it is)
             print(
-                f"fedgen compare: {run_dir} was made with other settings or code; moved to {stale}, rerunning"
+                f"fedgen compare: {run_dir} was made with other settings, code or backbone; moved to "
+                f"{stale}, rerunning"
             )
         elif (run_dir / "summary.json").is_file():
             return json.loads((run_dir / "summary.json").read_text())
         elif (run_dir / "state.json").is_file():
             return run_experiment(None, run_dir, resume=True, progress=progress)
-        else:  # started but no checkpoint yet (or local/central): start over
-            shutil.rmtree(run_dir)
+        # else: started but no checkpoint yet (or local/central): run again in place (our own files)
     return run_experiment(c, run_dir, progress=progress)
+
+
+def current_key(cfg: Config) -> str:
+    """The result key a run of ``cfg`` gets now: its config and its backbone's weights as loaded."""
+    return result_key(cfg, backbone_digest(Experiment.build(cfg, progress=False)))
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-N`` with the first N that does not exist."""
+    out, i = path, 1
+    while out.exists():
+        out, i = path.with_name(f"{path.name}-{i}"), i + 1
+    return out
 
 
 def _mean_std(values: list[float | None]) -> dict | None:
@@ -100,16 +113,15 @@ def backbone_summary(cfg: Config, seed: int, out: Path, progress: bool) -> dict:
     """The table's reference row: the frozen backbone (zero adapter), scored like every algorithm (cached)."""
     path = out / f"backbone-seed{seed}.json"
     c = dataclasses.replace(cfg, seed=seed, algorithm=dataclasses.replace(cfg.algorithm, name="central-lora"))
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("result_key") == result_key(c):
-            return cached
     import time
-
-    from fedgen.experiment.build import Experiment, distribution
 
     t0 = time.time()
     exp = Experiment.build(c, progress=False)  # LoRA with B = 0: exactly the backbone
+    key = result_key(c, backbone_digest(exp))
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("result_key") == key:
+            return cached
     if progress:
         print("== backbone (no fine-tuning)")
     run_dir = out / f"backbone-seed{seed}"
@@ -125,9 +137,9 @@ def backbone_summary(cfg: Config, seed: int, out: Path, progress: bool) -> dict:
         "upload_bytes_total": 0,
         "upload_note": "none: no training",
         "wall_seconds": round(time.time() - t0, 2),
-        "result_key": result_key(c),
+        "result_key": key,
     }
-    path.write_text(json.dumps(summary, indent=2))
+    atomic_write_json(path, summary)
     return summary
 
 
@@ -164,8 +176,8 @@ def compare(
         "table": table,
         "paper": report.paper,
     }
-    (out / "compare.json").write_text(json.dumps(result, indent=2))
-    (out / "compare.md").write_text(md + "\n")
+    atomic_write_json(out / "compare.json", result)
+    atomic_write_text(out / "compare.md", md + "\n")
     return {"markdown": md, **result}
 
 

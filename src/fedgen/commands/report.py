@@ -16,7 +16,11 @@ from fedgen.report.suite_parts import is_suite
 def cmd_report(args) -> int:
     rd = RunDir(Path(args.run))
     if not (rd.path / "summary.json").is_file() and is_suite(rd.path):
-        print(publish_suite(rd.path, args.publish) if args.publish else write_suite_report(rd.path))
+        print(
+            publish_suite(rd.path, args.publish, replace=args.replace)
+            if args.publish
+            else write_suite_report(rd.path)
+        )
         return 0
     if args.publish:
         raise FedgenError(f"--publish: {rd.path} is not a suite or compare dir")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedgen.commands.options import config_of
+from fedgen.commands.options import config_of, overrides_of
 from fedgen.config import load_config
 from fedgen.experiment.registry import report_of
-from fedgen.experiment.run import run_experiment
+from fedgen.experiment.run import resume_config, run_experiment
 
 
 def _result_table(summary: dict) -> str:
@@ -15,6 +15,9 @@ def _result_table(summary: dict) -> str:
 
 
 def cmd_run(args) -> int:
+    if args.resume and not args.config and overrides_of(args):
+        args.config = str(Path(args.resume) / "config.yaml")  # checked: only safe changes, recorded
+        resume_config(args.resume, overrides_of(args))
     if getattr(args, "runtime", None):
         args.set = [*(args.set or []), f"runtime={args.runtime}"]
     cfg = config_of(args) if (args.config or not args.resume) else None

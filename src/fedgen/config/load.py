@@ -205,10 +205,63 @@ def _privacy_checks(cfg: Config) -> None:
             v = getattr(sa, name)
             if v > 1 and v != int(v):
                 raise ConfigError(f"config flower.secagg.{name}: a count (> 1) must be whole, got {v}")
+        _secagg_safety(cfg)
     if dp.mode != "off" and f.aggregator != "fedavg":
         raise ConfigError(
             f"config fl.aggregator: dp.mode {dp.mode} calibrates its noise to a (uniform) mean; "
             f"use fedavg, not {f.aggregator}"
+        )
+
+
+SECAGG_MODULUS = 2**32  # Flower's SecAggPlusWorkflow modulus_range (sums are computed mod 2^32)
+
+
+def _secagg_safety(cfg: Config) -> None:
+    """SecAgg+ settings that would leak or corrupt the sum, refused in one line each.
+
+    * m >= 2 clients per round: with one, the "sum" the server unmasks is that client's update.
+    * The sum of m quantized updates, each in [0, quantization_range), must not wrap modulo 2^32:
+      m * quantization_range <= 2^32.
+    * Reconstruction threshold t of the s shares (as Flower's workflow derives them from the
+      config) above half of them (2t > s; as a fraction: > 0.5): with t <= s/2 a server can ask two
+      disjoint groups of t clients for a client's two secrets (its self-mask and its pairwise masks)
+      and unmask its update.
+    * Under ``dp.mode: client`` the clipping range holds every coordinate of a change of norm
+      ``dp.clipping_norm`` (else the secure sum clips it again, silently).
+    """
+    sa = cfg.flower.secagg
+    m = clients_per_round(cfg.fl.fraction, cfg.data.num_clients)
+    if m < 2:
+        raise ConfigError(
+            f"config flower.secagg: secure aggregation needs at least 2 clients per round, got {m} "
+            "(fl.fraction x data.num_clients): the server would unmask that one client's update"
+        )
+    if m * sa.quantization_range > SECAGG_MODULUS:
+        raise ConfigError(
+            f"config flower.secagg.quantization_range: {sa.quantization_range} x {m} clients per round "
+            f"overflows the 2^32 modulus of the secure sum; use at most {SECAGG_MODULUS // m}"
+        )
+    if sa.num_shares <= 1:
+        shares = round(sa.num_shares * m)
+        shares += 1 if shares < m and shares % 2 == 0 else 0
+        shares = m if shares <= 2 else shares
+    else:
+        shares = int(sa.num_shares)
+    t = (
+        max(round(sa.reconstruction_threshold * shares), 2)
+        if sa.reconstruction_threshold <= 1
+        else int(sa.reconstruction_threshold)
+    )
+    if 2 * t <= shares or t > shares or sa.reconstruction_threshold <= 0.5:
+        raise ConfigError(
+            f"config flower.secagg.reconstruction_threshold: {sa.reconstruction_threshold} gives {t} of "
+            f"{shares} shares; it must be more than half of them (and at most all) or the server can unmask "
+            "single updates"
+        )
+    if cfg.dp.mode == "client" and sa.clipping_range < cfg.dp.clipping_norm:
+        raise ConfigError(
+            f"config flower.secagg.clipping_range: {sa.clipping_range} is below dp.clipping_norm "
+            f"{cfg.dp.clipping_norm}; a clipped change's coordinates reach it, so use at least that"
         )
 
 

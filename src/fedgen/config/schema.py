@@ -230,6 +230,9 @@ class DPConfig:
     noise_multiplier: float = field(default=1.0, metadata=_range(0.0, None))
     clipping_norm: float = field(default=1.0, metadata=_range(0.0, None, lo_open=True))
     delta: float = field(default=1e-5, metadata=_range(0.0, 1.0, lo_open=True))
+    # Tests/experiments only: draw the noise from the config's seed (reproducible) instead of the OS's
+    # secure source. Anyone who knows the config can then subtract the noise: NOT differentially private.
+    insecure_reproducible_noise: bool = False
 
 
 @dataclass
@@ -320,7 +323,7 @@ class Config:
                 d.pop(section)
         for key, default in _DIGEST_NEUTRAL_DEFAULTS.items():  # newer keys at their defaults: old keys hold
             section, _, name = key.partition(".")
-            if d[section].get(name, object()) == default:
+            if section in d and d[section].get(name, object()) == default:
                 d[section].pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -333,7 +336,12 @@ class Config:
 
 # Settings added after runs were keyed by result_digest: at these values they change nothing, so
 # they are left out of the digest and earlier runs keep their key.
-_DIGEST_NEUTRAL_DEFAULTS = {"fl.aggregator": "fedavg", "fl.trim_beta": 0.1, "fl.clip_norm": None}
+_DIGEST_NEUTRAL_DEFAULTS = {
+    "fl.aggregator": "fedavg",
+    "fl.trim_beta": 0.1,
+    "fl.clip_norm": None,
+    "dp.insecure_reproducible_noise": False,
+}
 # Sections that only one task reads (section -> task): left out of the other tasks' result digests.
 _TASK_ONLY_SECTIONS = {"image": "image"}
 

@@ -40,11 +40,12 @@ def partitions(node_config: dict) -> list[int]:
     raise ValueError("this SuperNode has no partition: start it with --node-config partition-id=K")
 
 
-def store_for(node_config: dict, run_key: str) -> ClientStore:
-    """This node's client store for one run (``run_key``: the run directory's identity)."""
+def store_for(node_config: dict, run_key: str, run_id: str | None = None) -> ClientStore:
+    """This node's client store for one run (``run_key``: the run's identity, its run id); with
+    ``run_id`` every state is tagged with it and a state of another run is refused."""
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
     root = Path(str(node_config.get("store-dir", home / "fedgen-store")))
-    return ClientStore(root / hashlib.sha256(run_key.encode()).hexdigest()[:16])
+    return ClientStore(root / hashlib.sha256(run_key.encode()).hexdigest()[:16], run_id)
 
 
 def make_client_app(default_run_config: dict | None = None) -> ClientApp:
@@ -71,7 +72,7 @@ def make_client_app(default_run_config: dict | None = None) -> ClientApp:
             state = from_arrays(msg.content["arrays"])
         if k not in partitions(dict(context.node_config)):
             raise ValueError(f"client {k} is not served by this node")
-        store = store_for(dict(context.node_config), settings.run_key)
+        store = store_for(dict(context.node_config), settings.run_key, settings.run_id or None)
         logic.kept = store
         store.begin_round(rnd)
         res = logic.fit(state, exp.data[k], derive_seed(exp.cfg.seed, "fit", rnd, k))

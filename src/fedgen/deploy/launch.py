@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import tomli_w
@@ -27,8 +28,14 @@ from fedgen.deploy.run_config import RunSettings
 
 
 def settings_for(
-    cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None
+    cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None, run_id: str | None = None
 ) -> RunSettings:
+    """The run config of a Flower run. ``run_id``: a resumed run's is read from its ``run.json``, a new
+    run gets a random UUID (the ServerApp writes it to run.json; the nodes tag their stores with it)."""
+    if run_id is None:
+        from fedgen.experiment.run import saved_run_id
+
+        run_id = (saved_run_id(Path(run_dir)) if resume else None) or uuid.uuid4().hex
     raw = cfg.to_dict()
     # Flower runs the apps in other working directories: relative paths (e.g. FEDGEN_DATA=../data, the
     # default output root "runs" holding the backbone cache) are made absolute on the launching machine.
@@ -42,6 +49,7 @@ def settings_for(
         stop_after=stop_after or 0,
         round_timeout=cfg.flower.round_timeout,
         wait_nodes=cfg.flower.wait_nodes,
+        run_id=run_id,
     )
 
 

@@ -12,7 +12,7 @@ from fedgen.config import Config, config_from_dict
 from fedgen.fl.algorithms import ClientLogic
 
 # [tool.flwr.app.config] keys of the generated app (see fedgen.deploy.launch)
-KEYS = ("fedgen-config", "run-dir", "resume", "stop-after", "round-timeout", "wait-nodes")
+KEYS = ("fedgen-config", "run-dir", "resume", "stop-after", "round-timeout", "wait-nodes", "run-id")
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,13 @@ class RunSettings:
     stop_after: int = 0  # 0: run every round
     round_timeout: float = 600.0  # seconds the server waits for a round's replies
     wait_nodes: float = 120.0  # seconds the server waits for SuperNodes holding every partition
+    run_id: str = ""  # run.json's run id (a random UUID, kept on resume); "" only from older launchers
 
     @property
     def run_key(self) -> str:
-        """Identifies the run for the clients' stores: a resumed run finds its clients' states."""
-        return self.run_dir
+        """Identifies the run for the clients' stores: a resumed run finds its clients' states, a new
+        run (even in the same directory) gets a store of its own."""
+        return self.run_id or self.run_dir
 
     def config(self) -> Config:
         return config_from_dict(yaml.safe_load(self.config_yaml))
@@ -40,6 +42,7 @@ class RunSettings:
             "stop-after": self.stop_after,
             "round-timeout": self.round_timeout,
             "wait-nodes": self.wait_nodes,
+            "run-id": self.run_id,
         }
 
 
@@ -59,6 +62,7 @@ def run_settings(run_config: Any, default: dict | None = None) -> RunSettings:
         stop_after=int(rc.get("stop-after", 0)),
         round_timeout=float(rc.get("round-timeout", 600.0)),
         wait_nodes=float(rc.get("wait-nodes", 120.0)),
+        run_id=str(rc.get("run-id", "")),
     )
 
 

@@ -36,6 +36,7 @@ def make_server_app(default_run_config: dict | None = None) -> ServerApp:
                 context=context,
                 # SecAgg+ weights: n_k / max_weight, <= 1 (DP: uniform, 1 each)
                 max_weight=1.0 if cfg.dp.mode != "off" else max(len(d.train) for d in exp.data.values()),
+                kept_reference=getattr(logic, "init", None),  # FedPer's personal layers; Ditto: global
             )
 
         run_experiment(
@@ -45,6 +46,7 @@ def make_server_app(default_run_config: dict | None = None) -> ServerApp:
             stop_after=s.stop_after or None,
             progress=False,
             make_runtime=make_runtime,
+            run_id=s.run_id or None,
         )
 
     return app

@@ -27,6 +27,7 @@ from fedgen.experiment.rundir import Resume, RunDir, write_state
 from fedgen.experiment.summary import privacy_note
 from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.dp import epsilon
+from fedgen.fl.secure_random import NOT_PRIVATE, not_private
 from fedgen.fl.server import RoundPolicy, RoundRecord, Runtime, client_update, federate
 from fedgen.fl.wire import formula_bytes, num_params
 from fedgen.models.params import State, first_nonfinite
@@ -106,10 +107,11 @@ def run_federated(
     policy = round_policy(exp)
     if policy.dp is not None:
         log.info("dp.mode %s: %s", cfg.dp.mode, privacy_note(cfg)["dp"]["weights"])
-    sample_rate = clients_per_round(f.fraction, cfg.data.num_clients) / cfg.data.num_clients
+        if not_private(cfg):
+            log.warning("this run is %s", NOT_PRIVATE)
     if make_runtime is None:
         # Per-client state (FedPer, Ditto) lives on disk, written only when it changes (ClientStore).
-        store = ClientStore(rd.path / "client_store") if exp.spec.personalized == "kept" else None
+        store = ClientStore(rd.path / "client_store", rd.run_id) if exp.spec.personalized == "kept" else None
         upload = None
         if policy.dp is not None and policy.dp.mode == "client":
 
@@ -128,6 +130,9 @@ def run_federated(
         runtime = HeterogeneousRuntime(runtime, cfg.devices, cfg.seed, steps)
         if cfg.devices.over_select:
             fraction = over_selected_fraction(f.fraction, cfg.data.num_clients, cfg.devices.dropout)
+    # each client's real per-round sampling probability: the clients actually drawn (over-selection
+    # included) over K; dropouts are not counted as privacy (the accountant stays conservative)
+    sample_rate = clients_per_round(fraction, cfg.data.num_clients) / cfg.data.num_clients
 
     def on_round_end(rec: RoundRecord, new_state: State) -> None:
         counters["upload_bytes_total"] += rec.upload_bytes
@@ -143,6 +148,9 @@ def run_federated(
         if policy.dp is not None:
             row["dp_epsilon"] = epsilon(cfg.dp.noise_multiplier, sample_rate, rec.round, cfg.dp.delta)
             row["dp_delta"] = cfg.dp.delta
+            row["dp_sample_rate"] = sample_rate
+            if not_private(cfg):
+                row["dp_epsilon"], row["dp_note"] = None, NOT_PRIVATE
         final = rec.round == f.rounds
         if exp.spec.has_global and (rec.round % cfg.eval.every == 0 or final):
             row.update(exp.evaluate_global(new_state))

@@ -11,7 +11,7 @@ Run directory layout::
     clients/client_NNN/      each client's personalized state, where the algorithm has one
     personalization.json     per-client local-test figure: global vs personalized
     summary.json             headline figures (schema: fedgen.experiment.summary.SUMMARY_FIELDS)
-    run.json                 the run's result key (config digest + results schema; see fedgen compare)
+    run.json                 run id (random UUID) and result key (config + backbone digests + results schema)
     report.md                the task's report (result table, convergence plot, samples)
 """
 
@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from fedgen.config import Config, load_config, save_config
 from fedgen.core.errors import CheckpointError, FedgenError
+from fedgen.core.files import atomic_write_text
 from fedgen.experiment.build import Experiment, distribution
 from fedgen.experiment.loop import Clock, RuntimeFactory, run_central, run_federated, run_local
 from fedgen.experiment.rundir import RunDir, read_state, write_state
-from fedgen.experiment.summary import make_summary, result_key
+from fedgen.experiment.summary import backbone_digest, make_summary, result_key
+from fedgen.fl.secure_random import NOT_PRIVATE, not_private
 from fedgen.models.params import State
 
 
@@ -40,7 +43,25 @@ def new_run_dir(cfg: Config) -> Path:
     return path
 
 
-def _open_run(cfg: Config | None, run_dir: str | Path | None, resume: bool) -> tuple[Config, RunDir]:
+def saved_run_id(run_dir: Path) -> str | None:
+    """The run id recorded in ``run_dir/run.json`` (None: none recorded)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _is_our_run(path: Path) -> bool:
+    """A directory fedgen made: it holds the run.json (with a result key) that every run writes first."""
+    try:
+        return "result_key" in json.loads((path / "run.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _open_run(
+    cfg: Config | None, run_dir: str | Path | None, resume: bool, run_id: str | None = None
+) -> tuple[Config, RunDir]:
     if resume:
         if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
             raise CheckpointError(f"--resume: {run_dir} is not a run directory (no config.yaml)")
@@ -51,14 +72,95 @@ def _open_run(cfg: Config | None, run_dir: str | Path | None, resume: bool) -> t
     if cfg is None:
         raise FedgenError("run_experiment needs a config (or resume=True with a run directory)")
     rd = RunDir(Path(run_dir) if run_dir else new_run_dir(cfg))
+    if not resume and rd.path.is_dir() and any(rd.path.iterdir()) and not _is_our_run(rd.path):
+        raise CheckpointError(
+            f"{rd.path} is not empty and is not a fedgen run directory: refusing to write into it "
+            "(its files are left untouched); choose a new or empty directory"
+        )
     rd.path.mkdir(parents=True, exist_ok=True)
     if not resume:
         if rd.state_file.exists() or (rd.path / "summary.json").exists():
             raise CheckpointError(f"{rd.path} already holds a run: pass --resume to continue it")
         save_config(cfg, rd.path / "config.yaml")
-        rd.write_json("run.json", {"result_key": result_key(cfg)})
+        rd.run_id = run_id or uuid.uuid4().hex
+        rd.write_json("run.json", {"result_key": result_key(cfg), "run_id": rd.run_id})
         rd.metrics.unlink(missing_ok=True)
+    else:
+        info = rd.read_json("run.json") if (rd.path / "run.json").is_file() else {}
+        saved_id = info.get("run_id")
+        if run_id is not None and saved_id is not None and run_id != saved_id:
+            raise CheckpointError(f"--resume: {rd.path} is run {saved_id}, not run {run_id}")
+        rd.run_id = saved_id or run_id or uuid.uuid4().hex  # a run from before run ids gets one now
+        if saved_id is None:
+            rd.write_json("run.json", {**info, "run_id": rd.run_id})
     return cfg, rd
+
+
+# What `--resume RUN --set k=v` may change: where and how fast it runs, and more (or fewer, not below
+# the rounds done) federated rounds; the rounds already run are those of the longer run too.
+RESUME_SAFE = {
+    "fl.rounds",
+    "threads",
+    "data.dir",
+    "output.keep_checkpoints",
+    "flower.round_timeout",
+    "flower.wait_nodes",
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
+    """The saved config of ``run_dir`` with ``--set`` overrides applied where that is safe (see
+    ``RESUME_SAFE``): saved to config.yaml and recorded in run.json (``resumed_with``). Any other
+    change is refused with one line; never silently ignored."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: {run_dir} is not a run directory (no config.yaml)")
+    saved = load_config(path)
+    new = load_config(path, overrides)
+    before, after = _flat(saved.to_dict()), _flat(new.to_dict())
+    changed = sorted(k for k in after if after[k] != before.get(k))
+    unsafe = [k for k in changed if k not in RESUME_SAFE]
+    if unsafe:
+        raise CheckpointError(
+            f"--resume --set: {unsafe[0]} cannot change in a started run (only "
+            f"{', '.join(sorted(RESUME_SAFE))}); start a new run instead"
+        )
+    if not changed:
+        return saved
+    rd = RunDir(Path(run_dir))
+    done = int(rd.read_json("state.json").get("round", 0)) if rd.state_file.is_file() else 0
+    if new.fl.rounds < done:
+        raise CheckpointError(f"--resume --set fl.rounds={new.fl.rounds}: {done} rounds are already done")
+    save_config(new, path)
+    info = rd.read_json("run.json") if (rd.path / "run.json").is_file() else {}
+    record = {"after_round": done, "set": {k: after[k] for k in changed}}
+    rd.write_json("run.json", {**info, "resumed_with": [*info.get("resumed_with", []), record]})
+    print(
+        f"fedgen run --resume: applied {', '.join(f'{k}={after[k]}' for k in changed)} (recorded in run.json)"
+    )
+    return new
+
+
+def _record_backbone(rd: RunDir, cfg: Config, exp: Experiment, resume: bool) -> None:
+    """run.json's result key includes the backbone's weights; a resumed run must still have them."""
+    digest = backbone_digest(exp)
+    info = rd.read_json("run.json")
+    if resume and info.get("backbone_sha256") not in (None, digest):
+        raise CheckpointError(
+            f"--resume: the backbone's weights changed since {rd.path} started "
+            f"(sha256 {info['backbone_sha256'][:12]}... then, {digest[:12]}... now)"
+        )
+    rd.write_json("run.json", {**info, "result_key": result_key(cfg, digest), "backbone_sha256": digest})
 
 
 def run_experiment(
@@ -69,6 +171,7 @@ def run_experiment(
     stop_after: int | None = None,
     progress: bool = True,
     make_runtime: RuntimeFactory | None = None,
+    run_id: str | None = None,
 ) -> dict:
     """Run (or resume) one experiment (``cfg.algorithm.name``). Returns summary.json's content.
 
@@ -76,10 +179,12 @@ def run_experiment(
     resumed); ``resume=True`` continues ``run_dir`` from its last checkpoint using the config
     saved there. Local and centralized training have no rounds: they restart when resumed.
     ``make_runtime`` carries federated rounds elsewhere (default: in-process; see :mod:`fedgen.runtime`).
+    ``run_id``: the run's id (run.json; default: a new random UUID, or the resumed run's own).
     """
     clock = Clock()
-    cfg, rd = _open_run(cfg, run_dir, resume)
+    cfg, rd = _open_run(cfg, run_dir, resume, run_id)
     exp = Experiment.build(cfg, progress)
+    _record_backbone(rd, cfg, exp, resume)
     exp.setup.partition.save(rd.path / "partition.json")
     start = rd.load_resume()
     clock.prior = float(start.counters.get("wall_seconds", 0.0))
@@ -110,7 +215,17 @@ def run_experiment(
     summary = {**make_summary(exp, rd, outcome.personalization, clock.seconds()), **extra}
     rd.write_json("summary.json", summary)
     exp.task.report.write_report(rd.path, summary, rd.read_metrics(), outcome.personalization)
+    mark_not_private(rd.path, cfg)
     return summary
+
+
+def mark_not_private(run_dir: Path, cfg: Config) -> None:
+    """report.md of a run with ``dp.insecure_reproducible_noise`` starts by saying it is not private."""
+    report = run_dir / "report.md"
+    if not_private(cfg) and report.is_file():
+        text = report.read_text()
+        if NOT_PRIVATE not in text:
+            atomic_write_text(report, f"> **Warning: {NOT_PRIVATE}.**\n\n{text}")
 
 
 def saved_models(exp: Experiment, run_dir: Path) -> tuple[State | None, Callable[[int], State] | None]:
@@ -166,4 +281,5 @@ def recompute_fid(run_dir: str | Path, n: int | None = None, progress: bool = Tr
     rd.write_json("summary.json", summary)
     pers = rd.read_json("personalization.json") if (rd.path / "personalization.json").is_file() else None
     exp.task.report.write_report(rd.path, summary, rd.read_metrics(), pers)
+    mark_not_private(rd.path, exp.cfg)
     return exp.task.report.result_table(summary), ["fid.json", "summary.json", "report.md"]

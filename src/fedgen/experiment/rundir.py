@@ -13,9 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fedgen.core.errors import CheckpointError
+from fedgen.core.files import (
+    append_line,
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    read_jsonl,
+    sha256_file,
+)
 from fedgen.models.lora import read_adapter, save_adapter
 from fedgen.models.params import State, first_nonfinite
 
@@ -43,8 +52,38 @@ def write_state(path: Path, state: State, peft_model=None) -> Path:
     if peft_model is not None:
         return save_adapter(peft_model, state, path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path / MODEL_FILE))
+    atomic_save_safetensors(state, path / MODEL_FILE)
     return path
+
+
+CHECKSUMS = "SHA256SUMS.json"
+
+
+def write_checksums(ckdir: Path) -> None:
+    """Record the SHA-256 of every file of a checkpoint directory (verified on load)."""
+    sums = {
+        p.relative_to(ckdir).as_posix(): sha256_file(p)
+        for p in sorted(ckdir.rglob("*"))
+        if p.is_file() and p.name != CHECKSUMS
+    }
+    atomic_write_json(ckdir / CHECKSUMS, sums)
+
+
+def verify_checksums(ckdir: Path) -> None:
+    """A CheckpointError naming the first file of ``ckdir`` that is missing or whose SHA-256 differs
+    from the one recorded when it was written (checkpoints from before checksums: nothing checked)."""
+    if not (ckdir / CHECKSUMS).is_file():
+        return
+    try:
+        sums = json.loads((ckdir / CHECKSUMS).read_text())
+    except ValueError:
+        raise CheckpointError(f"{ckdir / CHECKSUMS} is corrupt") from None
+    for rel, digest in sorted(sums.items()):
+        f = ckdir / rel
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {f} is missing")
+        if sha256_file(f) != digest:
+            raise CheckpointError(f"checkpoint file {f} does not match its recorded SHA-256 (corrupt)")
 
 
 def read_state(path: Path) -> State:
@@ -73,11 +112,10 @@ class RunDir:
         self.path = path
         self.metrics = path / "metrics.jsonl"
         self.state_file = path / "state.json"
+        self.run_id: str | None = None  # run.json's run id (fedgen.experiment.run._open_run)
 
     def write_json(self, name: str, obj: Any) -> None:
-        tmp = self.path / (name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2))
-        tmp.replace(self.path / name)
+        atomic_write_json(self.path / name, obj)
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
@@ -87,13 +125,11 @@ class RunDir:
         bad = _nonfinite_key(row)
         if bad is not None:
             raise CheckpointError(f"round {row.get('round')}: metric {bad} is not finite; not reported")
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(self.metrics, json.dumps(row))
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        """The rows of metrics.jsonl; a torn last line (a crash mid-write) is dropped with a warning."""
+        return read_jsonl(self.metrics)
 
     def checkpoint(
         self, rnd: int, state: State, kept: dict[int, State], counters: dict, keep: int, peft_model=None
@@ -108,10 +144,12 @@ class RunDir:
             write_state(
                 tmp / "kept" / f"client_{k:03d}", st, peft_model if st.keys() == state.keys() else None
             )
+        write_checksums(tmp)
         final = ckdir / f"round_{rnd:04d}"
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        fsync_dir(ckdir)
         self.write_json("state.json", {"round": rnd, **counters})
         for old in sorted(ckdir.glob("round_[0-9][0-9][0-9][0-9]"))[:-keep]:
             shutil.rmtree(old)
@@ -128,10 +166,11 @@ class RunDir:
                 f"{self.state_file} is corrupt ({e}); delete the run dir to start over"
             ) from None
         ck = self.path / "checkpoints" / f"round_{rnd:04d}"
+        verify_checksums(ck)
         state = read_state(ck)
         kept = {int(p.name.split("_")[1]): read_state(p) for p in sorted((ck / "kept").glob("client_*"))}
-        rows = [r for r in self.read_metrics() if r["round"] <= rnd]
-        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows = [r for r in self.read_metrics() if r["round"] <= rnd]  # a torn last line is dropped
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
         return Resume(rnd, state, kept, st)
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+import torch
+
 from fedgen.experiment.build import Experiment
 from fedgen.experiment.rundir import RunDir
+from fedgen.fl.secure_random import NOT_PRIVATE, SOURCE, not_private
 from fedgen.fl.wire import formula_bytes
 
 SUMMARY_VERSION = 3
@@ -37,7 +40,7 @@ SUMMARY_FIELDS = {
     "updates_rejected": "client updates the server refused, by reason: {reason: count}",
     "privacy": "{secagg: SecAgg+ on?, dp: the dp config, its weights and accountant} (null: not federated)",
     "wall_seconds": "wall time of the run (resumed parts added up)",
-    "result_key": "config.result_digest() + results schema: runs with equal keys are comparable",
+    "result_key": "config.result_digest() + backbone weights digest + results schema: equal keys compare",
 }
 # Named after the task's evaluation sets, global figures and per-client metric (text: valid/test, ppl).
 TASK_FIELDS = {
@@ -75,14 +78,38 @@ def privacy_note(cfg) -> dict[str, Any]:
         out["dp"] = {
             **asdict(cfg.dp),
             "weights": "uniform (DP-FedAvg: the noise is calibrated to a uniform mean of clipped changes)",
-            "accountant": "opacus RDP, sampling rate m/K per round",
+            "accountant": "opacus RDP, sampling rate m'/K per round (m' clients sampled, over-selection "
+            "included; see docs/privacy-guarantees.md)",
+            "noise": SOURCE,
         }
+        if not_private(cfg):
+            out["dp"]["noise"] = "seeded from the config (dp.insecure_reproducible_noise)"
+            out["warning"] = NOT_PRIVATE
     return out
 
 
-def result_key(cfg) -> str:
-    """What a run's results depend on: the result-affecting config and the results schema."""
-    return f"{cfg.result_digest()}-r{RESULTS_SCHEMA}"
+def result_key(cfg, backbone: str | None = None) -> str:
+    """What a run's results depend on: the result-affecting config, the backbone's weights
+    (``backbone``: :func:`backbone_digest`; None: the config part alone) and the results schema."""
+    if backbone is None:
+        return f"{cfg.result_digest()}-r{RESULTS_SCHEMA}"
+    return f"{cfg.result_digest()}-b{backbone[:12]}-r{RESULTS_SCHEMA}"
+
+
+def backbone_digest(exp: Experiment) -> str:
+    """SHA-256 of the backbone's weights as loaded (every tensor of the freshly built model but the
+    adapter's, with its name, dtype and shape): two checkpoints at one path, or ``backbone: auto``
+    pre-trained anew, give different digests."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(exp.params.model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) -> dict:
@@ -133,9 +160,17 @@ def make_summary(exp: Experiment, rd: RunDir, pers: dict | None, wall: float) ->
         else None,
         "privacy": privacy_note(cfg) if federated else None,
         "wall_seconds": wall,
-        "result_key": result_key(cfg),
+        "result_key": _saved_result_key(rd) or result_key(cfg),
         "run_dir": str(rd.path),
     }
+
+
+def _saved_result_key(rd: RunDir) -> str | None:
+    """run.json's result key (it includes the backbone's digest)."""
+    try:
+        return rd.read_json("run.json").get("result_key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _by_reason(reasons: list[str]) -> dict[str, int]:

@@ -4,11 +4,13 @@ The mechanism is Flower's fixed-clipping DP (``DifferentialPrivacyServerSideFixe
 ``fixedclipping_mod``): each update's change from the global state is clipped to L2 norm ``C``
 (:func:`flwr.supercore.differential_privacy.compute_clip_model_update`), the clipped changes are
 averaged with uniform weights, and Gaussian noise of std ``z * C / m`` is added to the mean
-(:func:`~flwr.supercore.differential_privacy.add_gaussian_noise_inplace`, std from
+(std from
 :func:`~flwr.supercore.differential_privacy.compute_stdv`), ``m`` the number of updates averaged.
 Where the clipping runs (server: ``central``, client: ``client``) is the caller's choice; the
-functions here are the same for every runtime. The noise is drawn from a seeded numpy state so
-that runs are reproducible. :func:`epsilon` is Opacus' RDP accountant for the whole run so far.
+functions here are the same for every runtime. The noise comes from the OS's secure random source,
+never from the config's seed (:mod:`fedgen.fl.secure_random`); only ``dp.insecure_reproducible_noise``
+draws it from a seeded numpy state, and such a run says "not differentially private".
+:func:`epsilon` is Opacus' RDP accountant for the whole run so far.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from flwr.supercore.differential_privacy import (
     compute_stdv,
 )
 
+from fedgen.fl.secure_random import secure_normal
 from fedgen.models.params import State
 
 
@@ -61,14 +64,25 @@ def numpy_seed(seed: int) -> Iterator[None]:
 
 
 def add_noise(
-    state: State, noise_multiplier: float, clipping_norm: float, num_averaged: int, seed: int
+    state: State, noise_multiplier: float, clipping_norm: float, num_averaged: int, seed: int | None = None
 ) -> State:
-    """``state`` plus Gaussian noise of std ``noise_multiplier * clipping_norm / num_averaged`` (Flower's)."""
+    """``state`` plus Gaussian noise of std ``noise_multiplier * clipping_norm / num_averaged`` (Flower's).
+
+    ``seed=None`` (every private run): the noise comes from the OS's secure random source
+    (:func:`fedgen.fl.secure_random.secure_normal`), unpredictable from the config. An integer
+    ``seed`` (``dp.insecure_reproducible_noise`` only) draws it with Flower's numpy sampler from
+    that seed: reproducible, and therefore NOT differentially private.
+    """
     if noise_multiplier == 0:
         return state
     arrays = [a.astype(np.float64) for a in state_to_ndarrays(state)]
-    with numpy_seed(seed):
-        add_gaussian_noise_inplace(arrays, compute_stdv(noise_multiplier, clipping_norm, num_averaged))
+    std = compute_stdv(noise_multiplier, clipping_norm, num_averaged)
+    if seed is None:
+        for a in arrays:
+            a += secure_normal(a.size, std).reshape(a.shape)
+    else:
+        with numpy_seed(seed):
+            add_gaussian_noise_inplace(arrays, std)
     return ndarrays_to_state(arrays, state)
 
 

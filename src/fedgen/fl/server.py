@@ -255,7 +255,8 @@ def federate(
                 state = aggregate([r.state for r in accepted], weights, policy, state, steps)
             if policy.dp is not None:
                 dp = policy.dp
-                noise_seed = derive_seed(seed, "dp-noise", rnd)
+                # secure OS noise (None) unless the run is explicitly not private
+                noise_seed = derive_seed(seed, "dp-noise", rnd) if dp.insecure_reproducible_noise else None
                 state = add_noise(state, dp.noise_multiplier, dp.clipping_norm, len(accepted), noise_seed)
         losses = [r.metrics.get("train_loss") for r in accepted]
         record = RoundRecord(

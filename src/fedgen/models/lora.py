@@ -14,10 +14,11 @@ from collections import OrderedDict
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from fedgen.core.errors import CheckpointError
+from fedgen.core.files import atomic_save_safetensors, atomic_write_text
 from fedgen.models.params import State, first_nonfinite
 
 
@@ -42,10 +43,10 @@ def save_adapter(model: PeftModel, state: State, path: str | Path) -> Path:
     """Write ``state`` as a PEFT adapter directory (adapter_model.safetensors + adapter_config.json)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path / "adapter_model.safetensors"))
+    atomic_save_safetensors(state, path / "adapter_model.safetensors")
     cfg = model.peft_config["default"].to_dict()
     cfg["target_modules"] = sorted(cfg["target_modules"])
-    (path / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+    atomic_write_text(path / "adapter_config.json", json.dumps(cfg, indent=2, sort_keys=True, default=str))
     return path
 
 

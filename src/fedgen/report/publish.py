@@ -16,20 +16,45 @@ PART_FILES = ("compare.json", "compare.md")
 RUN_FILES = ("summary.json", "metrics.jsonl", "personalization.json", "samples.json")
 
 
-def publish_suite(src: str | Path, out: str | Path) -> Path:
+PUBLISHED_MARK = ".fedgen-published"  # marks a directory publish_suite made (and may move aside)
+
+
+def _published(out: Path) -> bool:
+    return (out / PUBLISHED_MARK).is_file()
+
+
+def _free_name(path: Path) -> Path:
+    i = 1
+    while path.with_name(f"{path.name}.old-{i}").exists():
+        i += 1
+    return path.with_name(f"{path.name}.old-{i}")
+
+
+def publish_suite(src: str | Path, out: str | Path, replace: bool = False) -> Path:
     """Copy what ``src``'s suite report reads to ``out`` and build the report there; return its path.
 
     Runs keep ``RUN_FILES``; the sample grids the report shows (main parts) are kept at native
-    resolution. ``out`` must be new or an earlier publication of a suite (it is replaced).
+    resolution. ``out`` must be new (or empty); nothing existing is deleted or overwritten: an
+    earlier publication is moved aside first with ``replace=True`` (to ``OUT.old-N``), else refused.
     """
     src, out = Path(src), Path(out)
     parts = find_parts(src)
     if not parts:
         raise FedgenError(f"{src}: no finished compare outputs (compare.json) found")
-    if out.exists() and not (out / "report.md").is_file():
-        raise FedgenError(f"{out}: exists and is not a published suite; choose a new directory")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not _published(out):
+            raise FedgenError(
+                f"{out}: exists and is not a published suite; nothing changed, choose a new directory"
+            )
+        if not replace:
+            raise FedgenError(
+                f"{out}: holds an earlier publication; nothing changed (pass --replace to move it aside)"
+            )
+        aside = _free_name(out)
+        out.rename(aside)
+        print(f"fedgen report --publish: moved the earlier publication {out} to {aside}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PUBLISHED_MARK).write_text("published by fedgen report --publish\n")
     if (src / SUITE_FILE).is_file():
         shutil.copy2(src / SUITE_FILE, out / SUITE_FILE)
     for part in parts:

@@ -75,8 +75,10 @@ def run_dirs(part: Part, alg: str) -> list[Path]:
 
 
 def read_metrics(run: Path) -> list[dict]:
-    f = run / "metrics.jsonl"
-    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
+    """A run's metrics.jsonl rows (a torn last line, left by a crash, is dropped with a warning)."""
+    from fedgen.core.files import read_jsonl
+
+    return read_jsonl(run / "metrics.jsonl")
 
 
 def task_spec(task: str) -> tuple[TaskReport, dict]:

@@ -10,6 +10,11 @@ of a state equal to the stored one writes nothing. Reads honour :meth:`ClientSto
 while round r runs, a version written at round >= r (left by a crashed attempt at r) is
 ignored and the previous version is used, so a resumed round starts from what the client held
 before it, exactly as in an uninterrupted run.
+
+Every entry is tagged with the run id (safetensors metadata ``run_id``; ``run.json``'s, passed to every
+node with the run config): a store opened for run B refuses, with one line, to read or overwrite a
+state written by run A, so no personal state leaks from one run into another. Writes are atomic
+(temporary file, fsync, rename, fsync of the directory).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fedgen.core.errors import CheckpointError
+from fedgen.core.files import atomic_save_safetensors
 from fedgen.models.params import State
 
 
@@ -35,8 +41,9 @@ def _equal(a: State, b: State) -> bool:
 class ClientStore(MutableMapping[int, State]):
     """An on-disk ``client id -> state`` map; each entry tagged with the round that wrote it."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, run_id: str | None = None):
         self.root = Path(root)
+        self.run_id = run_id  # None: an untagged store (inspection, tests), no run check
         self.root.mkdir(parents=True, exist_ok=True)
         self.round: int | None = None  # the round in progress (None: newest versions)
         self.writes = 0  # files written so far (tests: only what changed)
@@ -52,10 +59,15 @@ class ClientStore(MutableMapping[int, State]):
     def _path(self, k: int, prev: bool = False) -> Path:
         return self.root / f"client_{k:03d}{'.prev' if prev else ''}.safetensors"
 
-    @staticmethod
-    def _round_of(path: Path) -> int:
+    def _round_of(self, path: Path) -> int:
         with safe_open(str(path), "pt") as f:
-            return int((f.metadata() or {}).get("round", -1))
+            meta = f.metadata() or {}
+        if self.run_id is not None and meta.get("run_id") != self.run_id:
+            raise CheckpointError(
+                f"client store {path} was written by run {meta.get('run_id') or '(untagged)'}, not by this "
+                f"run {self.run_id}: refusing another run's client state (remove that store to start over)"
+            )
+        return int(meta.get("round", -1))
 
     def _visible(self, k: int) -> Path | None:
         for path in (self._path(k), self._path(k, prev=True)):
@@ -67,6 +79,7 @@ class ClientStore(MutableMapping[int, State]):
         path = self._visible(k)
         if path is None:
             raise KeyError(k)
+        self._round_of(path)  # refuses a state written by another run
         try:
             return dict(sorted(load_file(str(path)).items()))
         except Exception as e:  # safetensors raises several types for corrupt files
@@ -83,9 +96,8 @@ class ClientStore(MutableMapping[int, State]):
                 return
             if cur_round < rnd:
                 os.replace(cur, self._path(k, prev=True))
-        tmp = cur.with_suffix(".tmp")
-        save_file({n: v.contiguous() for n, v in state.items()}, str(tmp), metadata={"round": str(rnd)})
-        os.replace(tmp, cur)
+        meta = {"round": str(rnd), **({"run_id": self.run_id} if self.run_id is not None else {})}
+        atomic_save_safetensors(state, cur, metadata=meta)
         self.writes += 1
 
     def __delitem__(self, k: int) -> None:

@@ -11,6 +11,8 @@ Kept client states (FedPer, Ditto) live in each node's :class:`~fedgen.runtime.s
 The reply also carries the client's new kept state (``kept``) so that the server can evaluate
 personalized models and checkpoint them as the in-process runtime does; it is counted apart
 (``flower_kept_mirror_bytes``), not as upload, and is an evaluation aid, not part of the protocol.
+It is screened like an update (keys, shapes, dtypes, NaN/Inf) before it is stored; a bad one is
+rejected with a logged reason and the round goes on.
 
 Bytes of a plain round (``last_round``, added to its metrics row): ``flower_payload_down/up_bytes``,
 the serialized arrays (``.npy`` bytes) of the messages sent and of the usable replies; and
@@ -55,10 +57,14 @@ class FlowerRuntime:
         secagg: Any = None,
         context: Context | None = None,
         max_weight: float = 1.0,
+        kept_reference: State | None = None,
     ):
         self.grid, self.num_clients, self.mirror_kept = grid, num_clients, mirror_kept
         self.secagg, self.context, self.max_weight = secagg, context, max_weight
         self.secure = secagg is not None and secagg.enabled
+        # what a kept state must look like (FedPer: the personal layers' initial state; None: the global
+        # state, as Ditto keeps a whole adapter); a client's earlier mirrored state takes precedence
+        self.kept_reference = kept_reference
         self.round_timeout, self.wait_nodes = round_timeout, wait_nodes
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self._asked: set[int] = set()
@@ -132,6 +138,22 @@ class FlowerRuntime:
         upload = int(res.bytes["secagg_masked_up_bytes"])
         return SecureRound(res.accepted, res.rejected, res.mean_change, upload)
 
+    def _screen_kept(self, reply: Message, k: int, state: State, rnd: int) -> tuple[State | None, str | None]:
+        """A reply's kept state and None, or (None, why it is refused): keys, shapes, dtypes, NaN/Inf
+        against the client's earlier state (else the expected one), as :func:`validate_update` does."""
+        from fedgen.fl.aggregate import validate_update
+
+        assert self.mirror_kept is not None
+        reference = self.mirror_kept.get(k) if k in self.mirror_kept else self.kept_reference
+        try:
+            kept = from_arrays(reply.content["kept"])
+            validate_update(
+                kept, reference if reference is not None else state, who=f"round {rnd} client {k} kept"
+            )
+        except Exception as e:  # malformed records raise several types
+            return None, " ".join(str(e).split())[:300]
+        return kept, None
+
     def fit(self, state: State, client_ids: list[int], rnd: int) -> list[FitResult]:
         self.discover(list(range(self.num_clients)) if not self.node_of else client_ids)
         t0 = time.perf_counter()
@@ -159,7 +181,13 @@ class FlowerRuntime:
             up += payload_bytes(r.content["arrays"])
             results.append(res)
             if self.mirror_kept is not None and "kept" in r.content.array_records:
-                self.mirror_kept[res.client_id] = from_arrays(r.content["kept"])
+                kept, reason = self._screen_kept(r, res.client_id, state, rnd)
+                if reason is not None:  # screened like an update, before anything is stored
+                    log.warning(
+                        "round %d: rejected the kept state of client %s: %s", rnd, res.client_id, reason
+                    )
+                    continue
+                self.mirror_kept[res.client_id] = kept
                 mirrored += payload_bytes(r.content["kept"])
         answered = {m.metadata.reply_to_message_id for m in replies}
         missing = sorted(
