@@ -22,7 +22,7 @@ from fedgen.experiment import registry
 from fedgen.experiment.run import run_experiment
 from fedgen.fl.client import FitResult
 from fedgen.fl.dp import epsilon
-from fedgen.fl.server import RoundPolicy, federate
+from fedgen.fl.server import RoundPolicy, federate, sample_clients
 from fedgen.testing.dummy_task import DummyTask
 
 TESTS = Path(__file__).resolve().parent
@@ -93,6 +93,24 @@ def test_secure_noise_has_the_calibrated_std():
     z = secure_normal(200_001, 0.1)
     assert z.shape == (200_001,) and float(z.std()) == pytest.approx(0.1, rel=0.01)
     assert abs(float(z.mean())) < 0.002
+
+
+def test_under_dp_who_takes_part_cannot_be_derived_from_the_config(dummy, tmp_path):
+    draws = {tuple(sample_clients(100, 0.1, seed=0, rnd=1, secret=True)) for _ in range(5)}
+    assert len(draws) > 1 and all(len(set(d)) == 10 for d in draws)  # fresh OS entropy, not the seed
+    assert sample_clients(100, 0.1, seed=0, rnd=1) == sample_clients(100, 0.1, seed=0, rnd=1)  # no DP
+
+    def sampled(dp: dict, name: str) -> list[list[int]]:
+        cfg = config_from_dict(raw(tmp_path, dp=dp))
+        run_experiment(cfg, tmp_path / name, progress=False)
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["sampled"] for r in rows if "sampled" in r]
+
+    private = {"mode": "central"}
+    labelled = {"mode": "central", "insecure_reproducible_noise": True}
+    assert sampled(labelled, "n1") == sampled(labelled, "n2")  # the labelled mode stays reproducible
+    runs = [sampled(private, f"p{i}") for i in range(3)]
+    assert runs[0] != runs[1] or runs[1] != runs[2]
 
 
 # ------------------------------------------------------------- 2. over-selection raises the sampling rate

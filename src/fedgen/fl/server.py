@@ -11,6 +11,7 @@ before masking it (:func:`client_update`).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -134,9 +135,16 @@ class RoundRecord:
     skipped: bool = False  # fewer than min_clients valid updates: the global state is unchanged
 
 
-def sample_clients(num_clients: int, fraction: float, seed: int, rnd: int) -> list[int]:
-    """:func:`clients_per_round` distinct clients, drawn uniformly; depends only on (seed, round)."""
+def sample_clients(num_clients: int, fraction: float, seed: int, rnd: int, secret: bool = False) -> list[int]:
+    """:func:`clients_per_round` distinct clients, drawn uniformly; depends only on (seed, round).
+
+    ``secret`` (runs with DP noise): drawn from the OS's secure random source instead, so that who
+    takes part in a round cannot be derived from the config. The accountant's amplification by
+    sampling assumes exactly that; the round's sample is still recorded in the run's metrics.
+    """
     m = clients_per_round(fraction, num_clients)
+    if secret:
+        return sorted(secrets.SystemRandom().sample(range(num_clients), m))
     rng = np.random.default_rng(derive_seed(seed, "sample", rnd))
     return sorted(int(k) for k in rng.choice(num_clients, size=m, replace=False))
 
@@ -224,8 +232,9 @@ def federate(
     policy = policy or RoundPolicy()
     secure = bool(getattr(runtime, "secure", False))
     skipped_in_a_row = 0
+    secret = policy.dp is not None and not policy.dp.insecure_reproducible_noise  # see sample_clients
     for rnd in range(start_round, rounds + 1):
-        selected = sample_clients(num_clients, fraction, seed, rnd)
+        selected = sample_clients(num_clients, fraction, seed, rnd, secret)
         down = len(serialize(state)) * len(selected)
         if secure:
             summed: SecureRound = runtime.fit_secure(state, selected, rnd)  # type: ignore[attr-defined]
