@@ -79,7 +79,7 @@ def privacy_note(cfg) -> dict[str, Any]:
             **asdict(cfg.dp),
             "weights": "uniform (DP-FedAvg: the noise is calibrated to a uniform mean of clipped changes)",
             "accountant": "opacus RDP, sampling rate m'/K per round (m' clients sampled, over-selection "
-            "included; see docs/privacy-guarantees.md)",
+            "included; see docs/privacy.md)",
             "noise": SOURCE,
         }
         if not_private(cfg):

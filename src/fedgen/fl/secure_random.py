@@ -6,7 +6,7 @@ ChaCha20-based CSPRNG, seeded from hardware entropy), 128 random bits per pair o
 turned into standard normals by the Box-Muller transform in float64. Nothing is seeded, kept,
 logged or saved, so the noise of a run can neither be regenerated from its config nor from its
 files. (Known limit, as for every floating-point Gaussian sampler: the float64 samples are not an
-exact discrete Gaussian; see docs/privacy-guarantees.md.)
+exact discrete Gaussian; see docs/privacy.md.)
 """
 
 from __future__ import annotations
