@@ -13,6 +13,7 @@ import torch
 
 from fedgen.config import load_config
 from fedgen.core.errors import FedgenError
+from fedgen.core.files import atomic_write_text
 from fedgen.experiment.build import Experiment
 from fedgen.experiment.run import saved_model_state
 from fedgen.experiment.rundir import write_state
@@ -35,7 +36,8 @@ def export(run_dir: str | Path, out: str | Path, client: int | None = None) -> P
         write_state(out / "adapter", state, exp.peft_model)
         files.append("adapter/")
     who = "global model" if client is None else f"client {client}'s personalized model"
-    (out / "fedgen_export.json").write_text(
+    atomic_write_text(
+        out / "fedgen_export.json",
         json.dumps(
             {
                 "run": str(run.resolve()),
@@ -51,7 +53,7 @@ def export(run_dir: str | Path, out: str | Path, client: int | None = None) -> P
                 "files": files,
             },
             indent=2,
-        )
+        ),
     )
     return out
 

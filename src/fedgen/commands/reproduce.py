@@ -27,6 +27,7 @@ from typing import Any
 
 from fedgen.config import Config, clients_per_round, config_from_dict, load_config
 from fedgen.core.errors import FedgenError
+from fedgen.core.files import atomic_write_text
 from fedgen.experiment.registry import algorithm, algorithm_names, check_config, task_class
 from fedgen.tasks import paper
 
@@ -239,7 +240,7 @@ def run_suite(
         invocations[-1]["seconds"] = round(time.time() - t0, 1)
         meta.update(status=status, invocations=invocations)
         meta["wall_seconds"] = round(sum(i["seconds"] for i in invocations), 1)
-        meta_file.write_text(json.dumps(meta, indent=2))
+        atomic_write_text(meta_file, json.dumps(meta, indent=2))
 
     todo = [p for p in parts if p.same_as is None]
     save("running")

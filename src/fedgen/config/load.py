@@ -36,6 +36,7 @@ from fedgen.config.schema import (  # noqa: F401  (re-exported: the config API l
 )
 from fedgen.core.device import resolve
 from fedgen.core.errors import ConfigError
+from fedgen.core.files import atomic_write_text
 
 # ---------------------------------------------------------------------------- validation
 
@@ -353,4 +354,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

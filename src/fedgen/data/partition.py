@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fedgen.core.errors import ConfigError
+from fedgen.core.files import atomic_write_text
 
 Sentence = list[str]
 Document = list[Sentence]
@@ -152,7 +153,7 @@ class Partition:
     stats: dict
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self)))
+        atomic_write_text(path, json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: str | Path) -> Partition:
@@ -350,7 +351,5 @@ def cached_partition(cache: Path, build, is_current=lambda part: True) -> Partit
             return part
     part = build()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    part.save(tmp)
-    tmp.replace(cache)
+    part.save(cache)
     return part

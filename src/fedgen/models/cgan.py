@@ -42,10 +42,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from fedgen.core.errors import CheckpointError
+from fedgen.core.files import atomic_save_safetensors, atomic_write_text
 
 GAN_FILE = "gan.safetensors"
 GAN_META = "fedgen_gan.json"
@@ -243,9 +244,9 @@ def save(gan: CondGAN, path: str | Path, meta: dict, generator: nn.Module | None
     sd = {k: v.detach().contiguous() for k, v in gan.state_dict().items()}
     if generator is not None:
         sd.update({f"generator.{k}": v.detach().contiguous() for k, v in generator.state_dict().items()})
-    save_file(sd, str(path / GAN_FILE))
+    atomic_save_safetensors(sd, path / GAN_FILE)
     info = {"arch": ARCH, "architecture": asdict(gan.config), **meta}
-    (path / GAN_META).write_text(json.dumps(info, indent=2))
+    atomic_write_text(path / GAN_META, json.dumps(info, indent=2))
     return path
 
 

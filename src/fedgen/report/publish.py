@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from fedgen.core.errors import FedgenError
+from fedgen.core.files import atomic_write_text
 from fedgen.report.suite import write_suite_report
 from fedgen.report.suite_parts import SUITE_FILE, find_parts, read_json, seed_runs
 from fedgen.report.suite_sections import _small_copy, grids_shown
@@ -54,7 +55,7 @@ def publish_suite(src: str | Path, out: str | Path, replace: bool = False) -> Pa
         out.rename(aside)
         print(f"fedgen report --publish: moved the earlier publication {out} to {aside}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / PUBLISHED_MARK).write_text("published by fedgen report --publish\n")
+    atomic_write_text(out / PUBLISHED_MARK, "published by fedgen report --publish\n")
     if (src / SUITE_FILE).is_file():
         shutil.copy2(src / SUITE_FILE, out / SUITE_FILE)
     for part in parts:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedgen.core.files import atomic_write_text
 from fedgen.report import suite_sections as sec
 from fedgen.report.suite_parts import SUITE_FILE, find_parts, read_json
 from fedgen.tasks import paper as paper_figs
@@ -67,5 +68,7 @@ def write_suite_report(root: str | Path) -> Path:
         SECTIONS[7]: sec.text_samples(mains),
     }
     out = root / "report.md"
-    out.write_text("\n".join(head + [x for name, lines in body.items() for x in (f"## {name}", "", *lines)]))
+    atomic_write_text(
+        out, "\n".join(head + [x for name, lines in body.items() for x in (f"## {name}", "", *lines)])
+    )
     return out

@@ -8,8 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import cast
 
-from safetensors.torch import save_file
-
+from fedgen.core.files import atomic_save_safetensors, atomic_write_text
 from fedgen.data.cifar10 import CLASSES
 from fedgen.models.cgan import CondGAN
 from fedgen.models.lora import merged_copy
@@ -84,10 +83,10 @@ def export_image(exp: ExperimentView, out: Path) -> list[str]:
     """Write the loaded generator, its config and a loader into ``out``; returns the file names."""
     gan = cast(CondGAN, merged_copy(exp.params.model))  # the image task's model is a CondGAN
     sd = {k: v.detach().contiguous() for k, v in gan.generator.state_dict().items()}
-    save_file(sd, str(out / "generator.safetensors"))
+    atomic_save_safetensors(sd, out / "generator.safetensors")
     arch = asdict(gan.config)
     keys = ("nz", "ngf", "num_classes", "embed_dim", "norm")
     cfg = {**{k: arch[k] for k in keys}, "classes": list(CLASSES)}
-    (out / "generator_config.json").write_text(json.dumps(cfg, indent=2))
-    (out / "load_generator.py").write_text(LOADER)
+    atomic_write_text(out / "generator_config.json", json.dumps(cfg, indent=2))
+    atomic_write_text(out / "load_generator.py", LOADER)
     return ["generator.safetensors", "generator_config.json", "load_generator.py"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedgen.core.files import atomic_write_text
 from fedgen.tasks import paper as paper_figures
 from fedgen.tasks import reporting
 from fedgen.tasks.image.classifier import FD_CLASSIFIER_LABEL
@@ -159,7 +160,7 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
         parts += ["## Samples (one row per class 0-9, 10 samples each; same noise for every model)", ""]
         parts += [f"**{name}**\n\n![{name}](samples/{png})\n" for name, png in grids.items()]
     out = run_dir / "report.md"
-    out.write_text("\n".join(parts))
+    atomic_write_text(out, "\n".join(parts))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedgen.core.files import atomic_write_text
 from fedgen.tasks import paper as paper_figures
 from fedgen.tasks import reporting
 
@@ -86,7 +87,7 @@ def write_report(run_dir: Path, summary: dict, metrics: list[dict], pers: dict |
         for who, texts in json.loads(samples_file.read_text()).items():
             parts += [f"**{who}**", ""] + [f"- {t}" for t in texts] + [""]
     out = run_dir / "report.md"
-    out.write_text("\n".join(parts))
+    atomic_write_text(out, "\n".join(parts))
     return out
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from fedgen.core.errors import ConfigError, FedgenError
+from fedgen.core.files import atomic_write_text
 from fedgen.data.ptb import load_ptb
 from fedgen.models.causal_lm import EMBEDDED, load_causal_lm, lora_target_modules, resolve_backbone
 from fedgen.models.gpt import VOCAB_FILE, count_params, freeze, load_backbone
@@ -271,7 +272,7 @@ class TextTask:
                 _lm(exp).sample(exp.params.model, p, max_new_tokens=25, seed=i)
                 for i, p in enumerate(SAMPLE_PROMPTS)
             ]
-        (run_dir / "samples.json").write_text(json.dumps(out, indent=2))
+        atomic_write_text(run_dir / "samples.json", json.dumps(out, indent=2))
         return {}
 
     def export(self, exp: ExperimentView, out: Path) -> list[str]:
