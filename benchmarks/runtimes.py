@@ -2,7 +2,7 @@
 
 The same config, sampled clients, seeds and local steps run (A) in-process
 (:class:`fedgen.runtime.simulate.InProcessRuntime`) and (B) on a Flower deployment over loopback
-(:class:`fedgen.testing.flower_loopback.Loopback`: SuperLink + one SuperNode per client, TLS,
+(:class:`fedgen.deploy.local.Loopback`: SuperLink + one SuperNode per client, TLS,
 SuperNode auth), optionally (C) on Flower's Simulation Engine (``--sim``). Per round we time
 ``runtime.fit`` (send the global state, every sampled client trains, replies back), which is what
 the runtime changes; evaluation and checkpoints are the same code in every runtime and are left
@@ -86,7 +86,7 @@ def main() -> int:
     a = p.parse_args()
     from fedgen.data.ptb import data_root
     from fedgen.deploy.launch import run_deploy, run_sim, settings_for
-    from fedgen.testing.flower_loopback import CONNECTION, Loopback
+    from fedgen.deploy.local import CONNECTION, Loopback
 
     root = Path(a.root or tempfile.mkdtemp(prefix="fedgen-bench-runtimes-"))
     cfg = config_from_dict(apply_overrides(tiny(root, str(data_root(None)), a.clients, a.rounds), a.set))

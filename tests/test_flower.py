@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from conftest import tiny_raw
-from fedgen.config import config_from_dict
+from fedgen.cli import main
+from fedgen.config import config_from_dict, save_config
 from fedgen.experiment.run import run_experiment
 from fedgen.experiment.rundir import read_state
 from fedgen.fl.client import FitResult
@@ -28,7 +29,7 @@ from fedgen.tasks.base import ClientData
 flwr = pytest.importorskip("flwr")
 
 from fedgen.deploy.launch import run_deploy, run_sim, settings_for  # noqa: E402
-from fedgen.testing.flower_loopback import CONNECTION, Loopback  # noqa: E402
+from fedgen.deploy.local import CONNECTION, Loopback  # noqa: E402
 
 
 def flower_cfg(root: Path, data_root: Path, algorithm: str = "fedgen"):
@@ -139,6 +140,35 @@ def test_flower_deployment_over_tls_equals_the_in_process_runtime(
         assert r["flower_payload_up_bytes"] > 0 and r["flower_payload_down_bytes"] > 0
         assert r["wire_bytes_up"] > r["flower_payload_up_bytes"] and r["wire_bytes_down"] > 0
         print({k: v for k, v in r.items() if "bytes" in k and "cum" not in k})
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_fedgen_deploy_local_runs_a_config_on_fewer_supernodes_than_clients_and_stops_them(
+    reference, shared_root, capsys
+):
+    cfg, ref = reference
+    config = shared_root / "deploy-local.yaml"
+    save_config(cfg, config)
+    run_dir = shared_root / "deploy-local"
+    assert main(["deploy", "local", "--config", str(config), "--nodes", "2", "--out", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "SuperLink + 2 SuperNodes on 127.0.0.1" in out and str(run_dir) in out
+    assert_same_states(read_state(run_dir / "global"), ref)  # node 0 serves clients 0 and 2
+    root = out.split("logs in ")[1].split()[0]
+    assert not Path(root).exists()  # the federation's files are gone ...
+    assert not any(root.encode() in c for c in _cmdlines())  # ... and none of its processes is left
+
+
+def _cmdlines() -> list[bytes]:
+    """The command lines of this machine's processes (those that end while read are skipped)."""
+    out = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(path.read_bytes())
+        except OSError:
+            continue
+    return out
 
 
 def _refused(fed: Loopback, name: str, timeout: float = 90) -> str:

@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dps.add_parser("certs", help="write a CA and a SuperLink TLS certificate (ca.crt, server.pem/.key)")
     dc.add_argument("--out", required=True)
     dc.add_argument("--host", action="append", required=True, help="SuperLink host name or IP (repeatable)")
+    dl = dps.add_parser(
+        "local",
+        help="run a config on a SuperLink + N SuperNodes started here (127.0.0.1, TLS, node auth)",
+    )
+    common(dl)
+    dl.add_argument("--nodes", type=int, help="SuperNodes to start (default: one per client)")
+    dl.add_argument("--out", help="run directory (default runs/<name>-<time>)")
     dk = dps.add_parser("node-key", help="write a SuperNode auth key pair (OpenSSH EC P-384)")
     dk.add_argument("--out", required=True)
     dk.add_argument("--name", required=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from pathlib import Path
 
 from fedgen.commands.options import config_of, overrides_of
 from fedgen.config import load_config
+from fedgen.core.errors import FedgenError
 from fedgen.experiment.registry import report_of
 from fedgen.experiment.run import resume_config, run_experiment
 
@@ -52,6 +55,8 @@ def _saved_runtime(run_dir: str) -> str:
 def cmd_deploy(args) -> int:
     from fedgen.runtime.flower import pki  # lazy: ``cryptography`` only for this command
 
+    if args.action == "local":
+        return _deploy_local(args)
     out = Path(args.out)
     if args.action == "certs":
         paths = pki.make_tls(out, args.host)
@@ -59,4 +64,34 @@ def cmd_deploy(args) -> int:
     elif args.action == "node-key":
         private, public = pki.make_node_key(out, args.name)
         print(f"private: {private}\npublic:  {public}  (flwr supernode register {public} CONNECTION)")
+    return 0
+
+
+def _deploy_local(args) -> int:
+    """``fedgen deploy local``: a SuperLink and N SuperNodes on 127.0.0.1 with TLS and SuperNode
+    authentication, the config's run on them (``flwr run``), its result table; every process is
+    stopped when the run ends, fails or is interrupted (Ctrl-C)."""
+    # lazy: Flower and ``cryptography`` only for this command
+    from fedgen.deploy.launch import run_on_flower
+    from fedgen.deploy.local import CONNECTION, Loopback
+
+    args.set = [*(args.set or []), "runtime=flower-deploy"]
+    cfg = config_of(args)
+    nodes = args.nodes or cfg.data.num_clients
+    if not 1 <= nodes <= cfg.data.num_clients:
+        raise FedgenError(f"--nodes: between 1 and data.num_clients={cfg.data.num_clients}, got {nodes}")
+    with tempfile.TemporaryDirectory(prefix="fedgen-deploy-local-") as root:
+        print(f"SuperLink + {nodes} SuperNodes on 127.0.0.1 (TLS, SuperNode auth), logs in {root}")
+        with Loopback(Path(root), nodes, num_partitions=cfg.data.num_clients) as fed:
+            try:
+                summary = run_on_flower(
+                    cfg, args.out, None, None, "flower-deploy", superlink=CONNECTION, env=fed.env
+                )
+            except FedgenError:
+                for name in ["superlink", *(f"supernode{i}" for i in range(nodes))]:
+                    print(f"--- {name} log (last lines) ---\n{fed.log(name)[-1500:]}", file=sys.stderr)
+                raise
+    print()
+    print(_result_table(summary))
+    print(f"\nrun dir: {summary['run_dir']}  (report.md, summary.json, metrics.jsonl, adapters)")
     return 0

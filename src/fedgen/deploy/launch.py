@@ -21,10 +21,11 @@ from pathlib import Path
 import tomli_w
 import yaml
 
-from fedgen.config import Config
+from fedgen.config import Config, load_config
 from fedgen.core.errors import FedgenError
 from fedgen.data.ptb import data_root
 from fedgen.deploy.run_config import RunSettings
+from fedgen.experiment.run import new_run_dir, saved_run_id
 
 
 def settings_for(
@@ -33,8 +34,6 @@ def settings_for(
     """The run config of a Flower run. ``run_id``: a resumed run's is read from its ``run.json``, a new
     run gets a random UUID (the ServerApp writes it to run.json; the nodes tag their stores with it)."""
     if run_id is None:
-        from fedgen.experiment.run import saved_run_id
-
         run_id = (saved_run_id(Path(run_dir)) if resume else None) or uuid.uuid4().hex
     raw = cfg.to_dict()
     # Flower runs the apps in other working directories: relative paths (e.g. FEDGEN_DATA=../data, the
@@ -89,14 +88,29 @@ def flwr_executable() -> str:
     return str(here) if here.is_file() else "flwr"
 
 
+def flower_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for Flower's commands: ``env`` (default: this process's), with this
+    interpreter's ``bin`` directory first on PATH, so that ``flwr`` finds ``flower-superlink``,
+    ``flwr-serverapp`` and the rest of this install without an activated venv."""
+    env = dict(os.environ if env is None else env)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def run_deploy(
-    settings: RunSettings, app_dir: Path, superlink: str | None, timeout: float | None = None
+    settings: RunSettings,
+    app_dir: Path,
+    superlink: str | None,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
     """Submit the run to a SuperLink with ``flwr run`` and stream its log until it ends."""
     write_app(app_dir, settings)
     cmd = [flwr_executable(), "run", str(app_dir), *([superlink] if superlink else []), "--stream"]
     try:
-        proc = subprocess.run(cmd, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(cmd, timeout=timeout, env=flower_env(env))
     except FileNotFoundError:
         raise FedgenError("the `flwr` command is missing: pip install 'flwr==1.42.*'") from None
     if proc.returncode != 0:
@@ -124,12 +138,19 @@ def run_sim(settings: RunSettings, num_clients: int, client_cpus: float = 1.0) -
 
 
 def run_on_flower(
-    cfg: Config | None, out: str | None, resume_dir: str | None, stop_after: int | None, runtime: str
+    cfg: Config | None,
+    out: str | None,
+    resume_dir: str | None,
+    stop_after: int | None,
+    runtime: str,
+    superlink: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
-    """``fedgen run`` on Flower (``runtime``: flower-sim | flower-deploy); returns summary.json's content."""
-    from fedgen.config import load_config
-    from fedgen.experiment.run import new_run_dir
+    """``fedgen run`` on Flower (``runtime``: flower-sim | flower-deploy); returns summary.json's content.
 
+    ``superlink`` (a connection name of ``flwr``'s config) replaces ``flower.superlink``; ``env``
+    the environment ``flwr run`` sees (``fedgen deploy local``: its own ``FLWR_HOME``).
+    """
     if resume_dir is not None:
         saved = Path(resume_dir) / "config.yaml"
         if not saved.is_file():
@@ -144,7 +165,7 @@ def run_on_flower(
         run_sim(settings, cfg.data.num_clients, cfg.flower.client_cpus)
     else:
         with tempfile.TemporaryDirectory(prefix="fedgen-flower-app-") as app_dir:
-            run_deploy(settings, Path(app_dir), cfg.flower.superlink)
+            run_deploy(settings, Path(app_dir), superlink or cfg.flower.superlink, env=env)
     summary = run_dir / "summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())

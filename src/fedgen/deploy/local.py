@@ -1,4 +1,5 @@
-"""A Flower deployment on this machine (127.0.0.1 only), for tests and benchmarks.
+"""A Flower deployment on this machine (127.0.0.1 only): ``fedgen deploy local``, the deployment
+tests and the runtime benchmarks.
 
 ``with Loopback(tmp, num_nodes=3) as fed:`` generates TLS certificates and one SuperNode key per
 node, starts ``flower-superlink`` with TLS and ``--enable-supernode-auth``, registers each key
@@ -58,9 +59,17 @@ class Loopback:
     """SuperLink + ``num_nodes`` SuperNodes on 127.0.0.1 with TLS and SuperNode authentication."""
 
     def __init__(
-        self, root: Path, num_nodes: int, env: dict[str, str] | None = None, start_timeout: float = 60
+        self,
+        root: Path,
+        num_nodes: int,
+        env: dict[str, str] | None = None,
+        start_timeout: float = 60,
+        num_partitions: int | None = None,
     ):
+        """``num_partitions`` (default ``num_nodes``): node i serves the partitions k with k mod
+        ``num_nodes`` == i, so fewer nodes than clients still serve every client."""
         self.root, self.num_nodes, self.start_timeout = Path(root), num_nodes, start_timeout
+        self.num_partitions = num_nodes if num_partitions is None else num_partitions
         self.home = self.root / "flwr-home"
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -150,15 +159,27 @@ class Loopback:
         return private
 
     def supernode(
-        self, name: str, partition: int | None, key: Path | None, *, tls: bool = True, retries: int = 5
+        self,
+        name: str,
+        partition: int | list[int] | None,
+        key: Path | None,
+        *,
+        tls: bool = True,
+        retries: int = 5,
     ) -> subprocess.Popen:
-        """Start a SuperNode (``--node-config partition-id=K``); ``tls=False``: a plain-text one."""
+        """Start a SuperNode (``--node-config partition-id=K``, or ``partition-ids`` for a list);
+        ``tls=False``: a plain-text one."""
         cmd = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
         cmd += ["--root-certificates", str(self.tls["ca"])] if tls else ["--insecure"]
         if key is not None:
             cmd += ["--auth-supernode-private-key", str(key)]
         if partition is not None:
-            cmd += ["--node-config", f"partition-id={partition} store-dir='{self.root / 'store' / name}'"]
+            served = (
+                f"partition-ids='{','.join(map(str, partition))}'"
+                if isinstance(partition, list)
+                else f"partition-id={partition}"
+            )
+            cmd += ["--node-config", f"{served} store-dir='{self.root / 'store' / name}'"]
         cmd += ["--max-retries", str(retries), "--max-wait-time", "30"]
         return self._start(name, cmd)
 
@@ -186,7 +207,9 @@ class Loopback:
             )  # fmt: skip
             self._wait_port()
             for i in range(self.num_nodes):
-                self.supernode(f"supernode{i}", i, self.register(f"node{i}"))
+                served = list(range(i, self.num_partitions, self.num_nodes))
+                part = served[0] if served == [i] else served
+                self.supernode(f"supernode{i}", part, self.register(f"node{i}"))
         except BaseException:
             self.stop_all()
             raise
