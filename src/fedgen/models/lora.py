@@ -24,7 +24,7 @@ def lora_config(r: int, alpha: float, targets: list[str], dropout: float = 0.0) 
     """PEFT LoRA on ``targets``; B starts at zero, so the adapted model equals the backbone."""
     return LoraConfig(
         r=r,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT types it int; it is only used as alpha / r
         lora_dropout=dropout,
         target_modules=list(targets),
         bias="none",
@@ -77,5 +77,6 @@ def init_adapter(model: nn.Module, seed: int) -> None:
 
     torch.manual_seed(seed)
     for mod in model.modules():
-        if hasattr(mod, "reset_lora_parameters"):
-            mod.reset_lora_parameters("default", True)
+        reset = getattr(mod, "reset_lora_parameters", None)
+        if reset is not None:
+            reset("default", True)

@@ -51,7 +51,7 @@ class InProcessRuntime:
         self.upload = upload
         if store is not None:
             store.update(client.kept)
-            client.kept = store
+            client.kept = store  # type: ignore[assignment]  # a MutableMapping standing in for the dict
         self.batched = batched
         if batched:
             why = batched.unsupported(client)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -72,7 +72,7 @@ class FlowerRuntime:
         for r in self.grid.send_and_receive(msgs, timeout=self.round_timeout):
             if r.has_error():
                 raise FedgenError(f"node {r.metadata.src_node_id}: partition query failed: {r.error.reason}")
-            for k in r.content["config"]["partition-ids"]:
+            for k in cast(list[int], r.content["config"]["partition-ids"]):
                 k = int(k)
                 other = self.node_of.get(k)
                 if other is not None and other != r.metadata.src_node_id:
@@ -105,11 +105,11 @@ class FlowerRuntime:
         """A train reply as a FitResult (raises on an error reply or a malformed one)."""
         if reply.has_error():
             raise UpdateError(reply.error.reason)
-        m = dict(reply.content["metrics"])
+        m: dict[str, Any] = dict(reply.content["metrics"])
         k, n = int(m.pop("client")), int(m.pop("num-examples"))
         if expected is not None and k != expected:
             raise UpdateError(f"reply for client {expected} claims to be client {k}")
-        return FitResult(k, from_arrays(reply.content["arrays"]), n, m)
+        return FitResult(k, from_arrays(reply.content.array_records["arrays"]), n, m)
 
     def fit_secure(self, state: State, client_ids: list[int], rnd: int) -> SecureRound:
         """One SecAgg+ round: the server gets the clients' weighted mean change, never one update."""
@@ -156,11 +156,11 @@ class FlowerRuntime:
                 why = r.error.reason if r.has_error() else f"malformed reply ({type(e).__name__}: {e})"
                 log.warning("round %d: client %s sent no usable update, the round goes on: %s", rnd, k, why)
                 continue
-            up += payload_bytes(r.content["arrays"])
+            up += payload_bytes(r.content.array_records["arrays"])
             results.append(res)
             if self.mirror_kept is not None and "kept" in r.content.array_records:
-                self.mirror_kept[res.client_id] = from_arrays(r.content["kept"])
-                mirrored += payload_bytes(r.content["kept"])
+                self.mirror_kept[res.client_id] = from_arrays(r.content.array_records["kept"])
+                mirrored += payload_bytes(r.content.array_records["kept"])
         answered = {m.metadata.reply_to_message_id for m in replies}
         missing = sorted(
             k for m, k in zip(msgs, client_ids, strict=True) if m.metadata.message_id not in answered
