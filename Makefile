@@ -6,7 +6,7 @@ FEDGEN_DATA ?= data
 export FEDGEN_DATA
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint bench data clean
+.PHONY: demo test lint typecheck bench data clean
 
 $(BIN)/fedgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(BIN)/fedgen
 lint: $(BIN)/fedgen
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+
+# mypy over src/fedgen, configured in pyproject.toml ([tool.mypy])
+typecheck: $(BIN)/fedgen
+	$(BIN)/mypy
 
 bench: data
 	$(BIN)/python benchmarks/overhead.py

@@ -71,7 +71,7 @@ class _NotFinite(ConfigError):
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(tp):  # an item of a list of sections, e.g. devices.tiers[0]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a list of sections' item: devices.tiers[0]
         return _build(tp, value, key + ".")
     origin = typing.get_origin(tp)
     bad = ConfigError(f"config {key}: expected {_describe(tp)}, got {_show(value)}")
@@ -149,7 +149,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if name not in raw:
             continue
         tp, key = hints[name], prefix + name
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, raw[name], key + ".")
         else:
             kwargs[name] = _coerce(raw[name], tp, key)

@@ -364,9 +364,12 @@ def load_pretrain_corpus(
                 sentences.append(mapped)
                 n_sent += 1
         per_source[source] = _stats(len(paths), n_sent, n_words, n_oov, n_unk)
-    totals = [sum(s[k] for s in per_source.values()) for k in ("files", "sentences", "words", "oov_tokens")]
+    total_files, total_sents, total_words, total_oov = (
+        sum(s[k] for s in per_source.values()) for k in ("files", "sentences", "words", "oov_tokens")
+    )
     total_unk = sum(s["unk_tokens"] - s["oov_tokens"] for s in per_source.values())
-    stats: dict[str, Any] = {"sources": per_source, **_stats(*totals, total_unk)}
+    totals = _stats(total_files, total_sents, total_words, total_oov, total_unk)
+    stats: dict[str, Any] = {"sources": per_source, **totals}
     return sentences, stats
 
 

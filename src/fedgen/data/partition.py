@@ -23,6 +23,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -263,7 +264,7 @@ def label_partition_stats(clients: list[ClientSplit], labels: list[int]) -> dict
     ``num_classes`` counts every class a client holds at all (even one stray example); ``num_major_classes``
     only those with at least 5% of the client's examples.
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c in clients:
         counts, top_share = _composition(c, labels)
         rows.append(

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -67,9 +69,9 @@ def make_client_app(default_run_config: dict | None = None) -> ClientApp:
         if secure:
             state, rnd, k = read_fitins(msg, logic.server_part(exp.init))
         else:
-            cfg = msg.content["config"]
+            cfg: Mapping[str, Any] = msg.content["config"]
             k, rnd = int(cfg["client"]), int(cfg["round"])
-            state = from_arrays(msg.content["arrays"])
+            state = from_arrays(msg.content.array_records["arrays"])
         if k not in partitions(dict(context.node_config)):
             raise ValueError(f"client {k} is not served by this node")
         store = store_for(dict(context.node_config), settings.run_key, settings.run_id or None)
@@ -87,9 +89,10 @@ def make_client_app(default_run_config: dict | None = None) -> ClientApp:
             weight = 1 if policy.dp is not None else res.num_examples
             metrics = {**res.metrics, "client": k, "num-examples": res.num_examples}
             return fitres_reply(msg, change, weight, metrics, reason)
+        assert upload is not None  # only a secure round withholds an update
         res = upload
-        metrics = to_metrics({**res.metrics, "client": k, "num-examples": res.num_examples})
-        content = RecordDict({"arrays": to_arrays(res.state), "metrics": metrics})
+        record = to_metrics({**res.metrics, "client": k, "num-examples": res.num_examples})
+        content = RecordDict({"arrays": to_arrays(res.state), "metrics": record})
         if k in store:  # evaluation mirror of the kept state (see fedgen.runtime.flower.runtime)
             content["kept"] = to_arrays(store[k])
         return Message(content, reply_to=msg)

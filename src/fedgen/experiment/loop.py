@@ -290,6 +290,7 @@ def validated_personalization(exp: Experiment, start: State, d: ClientData, seed
     if not exp.objective.has_eval_data(val) or len(train) == 0:
         return start, {"lr": None, "epochs": 0, "why": "too little data to validate"}
     bs = exp.cfg.eval.batch_size
+    best: tuple[float, State, dict[str, Any]]  # (figure, state, {"lr", "epochs"})
     best = (exp.local_metric(start, ClientData(d.client_id, train, val)), start, {"lr": None, "epochs": 0})
     for mult in p.lr_multipliers:
         lr = f.lr * mult
@@ -326,7 +327,7 @@ def personalization_report(exp: Experiment, rd: RunDir, global_state, personal, 
             write_state(rd.path / "clients" / f"client_{k:03d}", st, peft)
         if not exp.objective.has_eval_data(d.test):
             continue
-        row = {"client": k, "test_size": len(d.test), "trained": k in kept}
+        row: dict[str, Any] = {"client": k, "test_size": len(d.test), "trained": k in kept}
         if global_state is not None:
             row[f"{exp.metric}_global"] = exp.local_metric(global_state, d)
         row[f"{exp.metric}_personalized"] = exp.local_metric(personal(k), d)

@@ -38,6 +38,7 @@ class ClientLogic(Protocol):
     """What a federated algorithm does on a client, and what the client keeps between rounds."""
 
     kept: dict[int, State]
+    client: Client  # the local trainer (the runtimes set its step limit)
 
     def fit(self, state: State, data: ClientData, seed: int) -> FitResult: ...
     def personalized(self, global_state: State) -> Callable[[int], State] | None: ...

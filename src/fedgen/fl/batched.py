@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -90,7 +90,7 @@ class ClientAdamW:
         step_size = lr / (1 - beta1**self.t)
         bias_correction2_sqrt = (1 - beta2**self.t) ** 0.5
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
-            p, m, v, g = p[:n], m[:n], v[:n], p.grad[:n]
+            p, m, v, g = p[:n], m[:n], v[:n], cast(torch.Tensor, p.grad)[:n]  # set by backward
             if wd != 0:
                 p.mul_(1 - lr * wd)
             m.lerp_(g, 1 - beta1)
@@ -105,10 +105,11 @@ class ClientAdamW:
 @torch.no_grad()
 def clip_per_client(params: Sequence[torch.Tensor], n: int, max_norm: float) -> None:
     """``clip_grad_norm_`` of each of clients ``0..n-1`` over its slices of ``params``."""
-    norms = torch.stack([p.grad[:n].flatten(1).norm(dim=1) for p in params], dim=1)
+    grads = [cast(torch.Tensor, p.grad) for p in params]  # set by backward
+    norms = torch.stack([g[:n].flatten(1).norm(dim=1) for g in grads], dim=1)
     coef = (max_norm / (norms.norm(dim=1) + 1e-6)).clamp(max=1.0)
-    for p in params:
-        p.grad[:n].mul_(coef.view(-1, *[1] * (p.dim() - 1)))
+    for g in grads:
+        g[:n].mul_(coef.view(-1, *[1] * (g.dim() - 1)))
 
 
 def fit_many(

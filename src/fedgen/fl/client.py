@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -129,10 +129,11 @@ class Client:
         extra = None
         if prox is not None:
             lam, anchor = prox
-            pairs = [(p, anchor[k]) for k, p in self.params.params.items()]
+            anchored = [(p, anchor[k]) for k, p in self.params.params.items()]
 
             def extra() -> torch.Tensor:
-                return 0.5 * lam * sum(((p - a) ** 2).sum() for p, a in pairs)
+                # cast: a sum over at least one parameter is a Tensor, not sum()'s start value 0
+                return cast(torch.Tensor, 0.5 * lam * sum(((p - a) ** 2).sum() for p, a in anchored))
 
         named = self.params.params
         aux = self.task.begin_local(self.model, named, cfg)

@@ -14,7 +14,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -258,7 +258,7 @@ def federate(
             skipped = True
         else:
             if secure:
-                state = apply_change(state, summed.mean_change)
+                state = apply_change(state, cast(State, summed.mean_change))  # not None: checked above
             else:
                 steps = [int(r.metrics.get("steps", 1)) for r in accepted]
                 state = aggregate([r.state for r in accepted], weights, policy, state, steps)
@@ -274,7 +274,7 @@ def federate(
             num_examples=[] if skipped else weights,
             upload_bytes=upload,
             download_bytes=down,
-            train_loss=None if skipped else float(np.average(losses, weights=weights)),
+            train_loss=None if skipped else float(np.average(cast(list[float], losses), weights=weights)),
             received=received,
             sampled=selected,
             rejected=rejected,

@@ -77,7 +77,7 @@ def images_digest(images: np.ndarray) -> str:
     """SHA-256 of an image array's dtype, shape and bytes: the identity of a reference set."""
     arr = np.ascontiguousarray(images)
     h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.data.cast("B"))
     return h.hexdigest()
 
 

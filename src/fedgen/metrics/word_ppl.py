@@ -81,7 +81,8 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)  # a PeftModel's
+    base = get_base_model() if get_base_model is not None else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 

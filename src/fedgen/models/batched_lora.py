@@ -11,8 +11,9 @@ swaps these layers into a PEFT model for the duration of a block.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from peft.tuners.lora import Linear as PeftLoraLinear
@@ -40,7 +41,9 @@ class BatchedLoRALinear(nn.Module):
     def __init__(self, lora: PeftLoraLinear, n_clients: int):
         super().__init__()
         self.base = lora.base_layer
-        a, b = lora.lora_A[ADAPTER_NAME].weight, lora.lora_B[ADAPTER_NAME].weight
+        # PEFT's lora_A / lora_B are ModuleDicts of nn.Linear (typed as plain Modules)
+        lin_a, lin_b = cast(nn.Linear, lora.lora_A[ADAPTER_NAME]), cast(nn.Linear, lora.lora_B[ADAPTER_NAME])
+        a, b = lin_a.weight, lin_b.weight
         self.A = nn.Parameter(a.detach().new_zeros((n_clients, *a.shape)))
         self.B = nn.Parameter(b.detach().new_zeros((n_clients, *b.shape)))
         self.scaling = lora.scaling[ADAPTER_NAME]
@@ -53,11 +56,11 @@ class BatchedLoRALinear(nn.Module):
         n, d_in, d_out = len(rows.counts), x.shape[-1], self.B.shape[1]
         h = x.to(self.A.dtype).reshape(x.shape[0], -1, d_in)  # [rows, tokens, in]
         t = h.shape[1]
-        if not rows.equal:
+        if rows.pos is not None:  # None exactly when rows.equal
             h = h.new_zeros(n * rows.width, t, d_in).index_copy(0, rows.pos, h)
         h = torch.bmm(h.reshape(n, -1, d_in), self.A[:n].transpose(1, 2))
         delta = torch.bmm(h, self.B[:n].transpose(1, 2)).reshape(-1, t, d_out)
-        if not rows.equal:
+        if rows.pos is not None:
             delta = delta.index_select(0, rows.pos)
         return (result + delta.reshape(*x.shape[:-1], d_out) * self.scaling).to(result.dtype)
 
@@ -96,9 +99,10 @@ def batched_lora(model: nn.Module, n_clients: int) -> Iterator[dict[str, Batched
     ``n_clients`` clients (yielded by module name: ``{name}.lora_A.weight`` is ``layer.A[c]``);
     the PEFT layers are put back afterwards. Check :func:`unsupported` first."""
     originals = lora_layers(model)
-    batched = {n: BatchedLoRALinear(m, n_clients) for n, m in originals.items()}
+    # cast: unsupported() has checked that every LoRA layer is a PEFT lora.Linear
+    batched = {n: BatchedLoRALinear(cast(PeftLoraLinear, m), n_clients) for n, m in originals.items()}
 
-    def put(layers: dict[str, nn.Module]) -> None:
+    def put(layers: Mapping[str, nn.Module]) -> None:
         for name, layer in layers.items():
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, layer)

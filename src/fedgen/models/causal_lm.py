@@ -184,7 +184,8 @@ def _dequantize(gguf_path: Path, progress: bool) -> tuple[PreTrainedModel, Any]:
 
     was_enabled, bar = hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
     (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
-    gguf_utils.tqdm = bar if progress else functools.partial(bar, disable=True)  # its own plain tqdm
+    # its own plain tqdm; the ignore: a monkeypatch, a partial where the stub declares the tqdm class
+    gguf_utils.tqdm = bar if progress else functools.partial(bar, disable=True)  # type: ignore[assignment]
     d, f = str(gguf_path.parent), gguf_path.name
     try:
         qcfg = GgufConfig(gguf_file=f, dequantize=True)

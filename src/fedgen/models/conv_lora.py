@@ -16,6 +16,8 @@ the same registration: :func:`load_image_adapter`).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -37,7 +39,8 @@ class LoraConvTranspose2d(_ConvNd):
         self.conv_fn = F.conv_transpose2d
 
     def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
-        return module.in_channels, module.out_channels
+        conv = cast(nn.ConvTranspose2d, module)  # the base layer, checked in __init__
+        return conv.in_channels, conv.out_channels
 
     @property
     def lora_variants(self):
@@ -45,7 +48,7 @@ class LoraConvTranspose2d(_ConvNd):
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         a = self.lora_A[adapter].weight  # [in, r, kh, kw]
-        b = self.lora_B[adapter].weight[:, :, 0, 0]  # [r, out]
+        b = cast(torch.Tensor, self.lora_B[adapter].weight)[:, :, 0, 0]  # [r, out]; a ConvTranspose2d's
         return torch.einsum("irhw,ro->iohw", a, b) * self.scaling[adapter]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -64,16 +64,18 @@ class SplitQKV(nn.Module):
 def split_qkv(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
     """Replace every block's fused ``attn.c_attn`` by :class:`SplitQKV` (in place)."""
     for block in model.transformer.h:
-        if isinstance(block.attn.c_attn, Conv1D):
-            block.attn.c_attn = SplitQKV(block.attn.c_attn)
+        attn = cast(nn.Module, block.attn)  # a submodule (typed Tensor | Module)
+        if isinstance(attn.c_attn, Conv1D):
+            attn.c_attn = SplitQKV(attn.c_attn)
     return model
 
 
 def fuse_qkv(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
     """Inverse of :func:`split_qkv` (in place)."""
     for block in model.transformer.h:
-        if isinstance(block.attn.c_attn, SplitQKV):
-            block.attn.c_attn = block.attn.c_attn.fused()
+        attn = cast(nn.Module, block.attn)  # a submodule (typed Tensor | Module)
+        if isinstance(attn.c_attn, SplitQKV):
+            attn.c_attn = attn.c_attn.fused()
     return model
 
 

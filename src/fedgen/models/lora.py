@@ -26,7 +26,7 @@ def lora_config(r: int, alpha: float, targets: list[str], dropout: float = 0.0) 
     """PEFT LoRA on ``targets``; B starts at zero, so the adapted model equals the backbone."""
     return LoraConfig(
         r=r,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT types it int; it is only used as alpha / r
         lora_dropout=dropout,
         target_modules=list(targets),
         bias="none",
@@ -79,13 +79,15 @@ def init_adapter(model: nn.Module, seed: int) -> None:
 
     torch.manual_seed(seed)
     for mod in model.modules():
-        if hasattr(mod, "reset_lora_parameters"):
-            mod.reset_lora_parameters("default", True)
+        reset = getattr(mod, "reset_lora_parameters", None)
+        if reset is not None:
+            reset("default", True)
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with any LoRA merged into its base weights (eval mode)."""
     model = copy.deepcopy(model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    merge = getattr(model, "merge_and_unload", None)  # a PEFT model; a plain one has no LoRA
+    if merge is not None:
+        model = merge()
     return model.eval()

@@ -88,6 +88,7 @@ class HeterogeneousRuntime:
                 continue
             steps = self.steps[k]
             if c.deadline_s is not None:
+                assert c.step_seconds is not None, "a deadline needs step_seconds (checked by config load)"
                 d = self.devices[k]
                 comm = 2 * nbytes * 8 / (d.bandwidth_mbps * 1e6)
                 if comm + steps * c.step_seconds / d.speed > c.deadline_s:

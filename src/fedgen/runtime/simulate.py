@@ -10,7 +10,7 @@ from contextlib import nullcontext
 import torch
 
 from fedgen.core.seeding import derive_seed
-from fedgen.fl import batched
+from fedgen.fl import batched as fl_batched
 from fedgen.fl.algorithms import ClientLogic
 from fedgen.fl.client import FitResult
 from fedgen.models.params import State
@@ -51,10 +51,10 @@ class InProcessRuntime:
         self.upload = upload
         if store is not None:
             store.update(client.kept)
-            client.kept = store
+            client.kept = store  # type: ignore[assignment]  # a MutableMapping standing in for the dict
         self.batched = batched
         if batched:
-            why = batched.unsupported(client)
+            why = fl_batched.unsupported(client)
             if why is not None:
                 log.debug("batched multi-client training off, clients train one by one: %s", why)
                 self.batched = False
@@ -89,7 +89,7 @@ class InProcessRuntime:
         """The sequential loop's results (same seeds, batches and step limits) from one batched pass."""
         client = self.client.client
         limits = max_steps or {}
-        results = batched.fit_many(
+        results = fl_batched.fit_many(
             client,
             state,
             [self.data[k] for k in client_ids],

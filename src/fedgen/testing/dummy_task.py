@@ -36,7 +36,7 @@ class RegressionObjective:
     """Mean squared error of ``y`` from ``x`` (rows of ``[x_1..x_4, y]``)."""
 
     metric = "mse"
-    global_keys = ("mse",)
+    global_keys: tuple[str, ...] = ("mse",)
 
     def batches(self, examples: torch.Tensor, batch_size: int, generator) -> Iterator[torch.Tensor]:
         perm = torch.randperm(len(examples), generator=generator)

@@ -18,7 +18,7 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-defined]
+from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -79,6 +79,7 @@ class InlineGrid(Grid):
             md["_message_id"] = str(uuid4())
             node = msg.metadata.dst_node_id
             received = self._cross(msg, down=True)
+            reply: Message | None
             try:
                 reply = self.apps[node](received, self.contexts[node])
             except Exception as e:  # a SuperNode turns a failing ClientApp into an error reply

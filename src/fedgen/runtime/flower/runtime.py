@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedgen.core.errors import FedgenError, UpdateError
+from fedgen.fl.aggregate import validate_update
 from fedgen.fl.client import FitResult
 from fedgen.fl.server import SecureRound
 from fedgen.models.params import State
@@ -78,7 +79,7 @@ class FlowerRuntime:
         for r in self.grid.send_and_receive(msgs, timeout=self.round_timeout):
             if r.has_error():
                 raise FedgenError(f"node {r.metadata.src_node_id}: partition query failed: {r.error.reason}")
-            for k in r.content["config"]["partition-ids"]:
+            for k in cast(list[int], r.content["config"]["partition-ids"]):
                 k = int(k)
                 other = self.node_of.get(k)
                 if other is not None and other != r.metadata.src_node_id:
@@ -111,11 +112,11 @@ class FlowerRuntime:
         """A train reply as a FitResult (raises on an error reply or a malformed one)."""
         if reply.has_error():
             raise UpdateError(reply.error.reason)
-        m = dict(reply.content["metrics"])
+        m: dict[str, Any] = dict(reply.content["metrics"])
         k, n = int(m.pop("client")), int(m.pop("num-examples"))
         if expected is not None and k != expected:
             raise UpdateError(f"reply for client {expected} claims to be client {k}")
-        return FitResult(k, from_arrays(reply.content["arrays"]), n, m)
+        return FitResult(k, from_arrays(reply.content.array_records["arrays"]), n, m)
 
     def fit_secure(self, state: State, client_ids: list[int], rnd: int) -> SecureRound:
         """One SecAgg+ round: the server gets the clients' weighted mean change, never one update."""
@@ -141,12 +142,10 @@ class FlowerRuntime:
     def _screen_kept(self, reply: Message, k: int, state: State, rnd: int) -> tuple[State | None, str | None]:
         """A reply's kept state and None, or (None, why it is refused): keys, shapes, dtypes, NaN/Inf
         against the client's earlier state (else the expected one), as :func:`validate_update` does."""
-        from fedgen.fl.aggregate import validate_update
-
         assert self.mirror_kept is not None
         reference = self.mirror_kept.get(k) if k in self.mirror_kept else self.kept_reference
         try:
-            kept = from_arrays(reply.content["kept"])
+            kept = from_arrays(reply.content.array_records["kept"])
             validate_update(
                 kept, reference if reference is not None else state, who=f"round {rnd} client {k} kept"
             )
@@ -178,17 +177,17 @@ class FlowerRuntime:
                 why = r.error.reason if r.has_error() else f"malformed reply ({type(e).__name__}: {e})"
                 log.warning("round %d: client %s sent no usable update, the round goes on: %s", rnd, k, why)
                 continue
-            up += payload_bytes(r.content["arrays"])
+            up += payload_bytes(r.content.array_records["arrays"])
             results.append(res)
             if self.mirror_kept is not None and "kept" in r.content.array_records:
                 kept, reason = self._screen_kept(r, res.client_id, state, rnd)
-                if reason is not None:  # screened like an update, before anything is stored
+                if kept is None:  # screened like an update, before anything is stored
                     log.warning(
                         "round %d: rejected the kept state of client %s: %s", rnd, res.client_id, reason
                     )
                     continue
                 self.mirror_kept[res.client_id] = kept
-                mirrored += payload_bytes(r.content["kept"])
+                mirrored += payload_bytes(r.content.array_records["kept"])
         answered = {m.metadata.reply_to_message_id for m in replies}
         missing = sorted(
             k for m, k in zip(msgs, client_ids, strict=True) if m.metadata.message_id not in answered

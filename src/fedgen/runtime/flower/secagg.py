@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +108,7 @@ class CountingGrid(Grid):
             if r.has_error():
                 continue
             self.up += content_bytes(r.content)
-            cfg = r.content.config_records.get(RECORD_KEY_CONFIGS, {})
+            cfg: Mapping[str, Any] = r.content.config_records.get(RECORD_KEY_CONFIGS, {})
             self.masked_up += sum(len(b) for b in cfg.get(Key.MASKED_PARAMETERS, []))
         return replies
 
@@ -194,12 +194,12 @@ def secure_round(
         quantization_range=settings.quantization_range,
         timeout=timeout,
     )(counting, legacy)
-    errors = sorted({r.error.reason for r in counting.replies if r.has_error()})
+    errors = sorted({r.error.reason for r in counting.replies if r.has_error()}, key=str)
     for reason in errors:
         log.warning("round %d: a SecAgg+ reply was an error: %s", rnd, reason)
     accepted, rejected = [], []
     for k, res in sorted(strategy.replies, key=lambda x: x[0]):
-        m = dict(res.metrics)
+        m: dict[str, Any] = dict(res.metrics)
         reason = m.pop("rejected", "")
         if reason:
             rejected.append({"client": k, "reason": str(reason)})

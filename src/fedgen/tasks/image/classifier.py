@@ -155,6 +155,7 @@ def _train(
     steps_per_epoch = (n + batch_size - 1) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=weight_decay)
     total_steps = epochs * steps_per_epoch
+    sched: torch.optim.lr_scheduler.LRScheduler
     if total_steps >= 8:
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=max_lr, total_steps=total_steps, pct_start=0.25

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from torch import nn
 
 from fedgen.core.device import device_of
 from fedgen.metrics.fid import frechet_distance_to
-from fedgen.models.cgan import discriminator_loss, generator_loss
+from fedgen.models.cgan import CondGAN, discriminator_loss, generator_loss
 
 
 @dataclass
@@ -92,9 +93,10 @@ def _step_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
 
 
-def gan_of(model: nn.Module) -> nn.Module:
+def gan_of(model: nn.Module) -> CondGAN:
     """The :class:`~fedgen.models.cgan.CondGAN` inside a PEFT wrapper (or the model itself)."""
-    return model.base_model.model if hasattr(model, "base_model") else model
+    base = getattr(model, "base_model", None)  # a PeftModel's LoraModel
+    return cast(CondGAN, base.model if base is not None else model)
 
 
 class ClassMixtureReference:
@@ -119,7 +121,7 @@ class GanObjective:
     """The image task's :class:`~fedgen.tasks.base.Objective` (conditional GAN on CIFAR-10-like data)."""
 
     metric = "fdc"  # the per-round quality figure: FD-classifier (lower is better)
-    global_keys = ("fdc", "acc")
+    global_keys: tuple[str, ...] = ("fdc", "acc")
 
     def __init__(
         self,
@@ -245,6 +247,7 @@ class GanObjective:
         labels = stratified_labels(hist, n or self.eval_samples)
         images = self.generate(model, labels, seed=0)
         feats = self.classifier.features(images)
+        assert self.reference is not None, "evaluate needs the reference statistics"
         fd = frechet_distance_to(feats, *self.reference.stats(hist))
         acc = float((self.classifier.predict(images) == labels.numpy()).mean())
         return {"fdc": fd, "acc": acc, "samples": len(labels)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from fedgen.data.cifar10 import CIFAR10, CLASSES
 from fedgen.metrics.fid import InceptionFeatures, frechet_distance_to, kid, reference_stats
 from fedgen.models.params import State
 from fedgen.tasks.base import ExperimentView
-from fedgen.tasks.image.gan import ClassMixtureReference, stratified_labels, to_uint8
+from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, stratified_labels, to_uint8
 
 if TYPE_CHECKING:
     from fedgen.config import Config
@@ -109,7 +109,7 @@ def final_image_metrics(
       algorithm has them) on the same labels and noise: class accuracy of the samples (the
       evaluation classifier) and KID against the test reference re-weighted to the client's mix.
     """
-    cfg, task = exp.cfg, exp.objective
+    cfg, task = exp.cfg, cast(GanObjective, exp.objective)  # the image task's objective
     ref, ref_labels = inception_reference(cfg, cifar)
     mixture = ClassMixtureReference(ref["feats"], ref_labels, len(CLASSES))
     inception = InceptionFeatures()
@@ -121,11 +121,11 @@ def final_image_metrics(
     }
     if global_state is not None:
         exp.params.load(global_state)
-        labels = stratified_labels(np.ones(len(CLASSES)), n)
-        imgs = task.generate(exp.params.model, labels, seed=derive_seed(cfg.seed, "fid-global") % 2**31)
+        g_labels = stratified_labels(np.ones(len(CLASSES)), n)
+        imgs = task.generate(exp.params.model, g_labels, seed=derive_seed(cfg.seed, "fid-global") % 2**31)
         out["global"] = _score(
             inception(imgs),
-            labels.numpy(),
+            g_labels.numpy(),
             ref,
             task.classifier.predict(imgs),
             cfg.image.kid_subset,
@@ -134,7 +134,8 @@ def final_image_metrics(
     if not clients or (global_state is None and personal is None):
         return out
     per = max(2, n // len(clients))
-    feats, labels, preds, per_client, view = [], [], [], [], {}
+    feats, labels, preds, per_client = [], [], [], []
+    view: dict[str, dict] = {}
     for k in tqdm(clients, desc="per-client FID/KID", disable=not progress):
         hist = task.histogram(exp.data[k].test.y)
         y = stratified_labels(hist, per)
@@ -182,7 +183,9 @@ def save_grid(images: torch.Tensor, path: Path, rows: int, scale: int = 2) -> Pa
         r, c = divmod(i, cols)
         grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = arr[i]
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+    Image.fromarray(grid).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
+    ).save(path)
     return path
 
 
@@ -195,7 +198,7 @@ def sample_grids(exp: ExperimentView, run_dir: Path, global_state: State | None,
         models += [(f"client_{k:03d}", personal(k)) for k in sorted(exp.data)[: exp.cfg.image.grid_clients]]
     for name, state in models:
         exp.params.load(state)
-        imgs = exp.objective.generate(
+        imgs = cast(GanObjective, exp.objective).generate(
             exp.params.model, labels, seed=derive_seed(exp.cfg.seed, "grid") % 2**31
         )
         out[name] = str(save_grid(imgs, run_dir / "samples" / f"{name}.png", rows=len(CLASSES)).name)

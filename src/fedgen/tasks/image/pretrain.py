@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import torch
@@ -108,8 +109,9 @@ def pretrain(
     gan = cgan.build(config, recipe.seed)
     G, D = gan.generator, gan.discriminator
     ema = cgan.EMA(G, recipe.ema_decay)
-    opt_g = torch.optim.Adam(G.parameters(), lr=recipe.g_lr, betas=tuple(recipe.betas))
-    opt_d = torch.optim.Adam(D.parameters(), lr=recipe.d_lr, betas=tuple(recipe.betas))
+    betas = cast(tuple[float, float], tuple(recipe.betas))  # tuple(): a caller may pass a list
+    opt_g = torch.optim.Adam(G.parameters(), lr=recipe.g_lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=recipe.d_lr, betas=betas)
     step, wall, cpu, history = 0, 0.0, 0.0, []
     ckpt = Path(ckpt_dir) / CHECKPOINT if ckpt_dir is not None else None
     if ckpt is not None and ckpt.is_file():
@@ -229,6 +231,7 @@ def evaluate(generator, classifier, test: Images, n: int = 1000) -> dict:
         reference=ref,
         eval_samples=n,
     )
-    out = task.evaluate(SimpleNamespace(generator=generator), test)
+    # cast: evaluate only reads the model's .generator (through gan_of)
+    out = task.evaluate(cast(torch.nn.Module, SimpleNamespace(generator=generator)), test)
     generator.train()
     return out

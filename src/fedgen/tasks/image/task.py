@@ -13,7 +13,7 @@ discriminator (:mod:`fedgen.tasks.image.gan`). Outputs: Inception FID / KID, the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 def generator_blocks(gan: nn.Module) -> list[tuple[str, ...]]:
     """The generator's blocks, read from its structure: each hidden (transposed) convolution with the
     class-conditional norm after it, then the output convolution. Module-name prefixes per block."""
-    g = cast(cgan.CondGAN, gan_of(gan)).generator
+    g = gan_of(gan).generator
     blocks = [(f"generator.convs.{i}.", f"generator.norms.{i}.") for i in range(len(g.convs))]
     return [*blocks, ("generator.out.",)]
 
