@@ -237,6 +237,7 @@ def federate(
         selected = sample_clients(num_clients, fraction, seed, rnd, secret)
         down = len(serialize(state)) * len(selected)
         if secure:
+            # a runtime with secure = True (SecAgg+) has fit_secure; the Runtime protocol does not
             summed: SecureRound = runtime.fit_secure(state, selected, rnd)  # type: ignore[attr-defined]
             accepted, rejected = sorted(summed.accepted, key=lambda r: r.client_id), summed.rejected
             received, upload = len(accepted) + len(rejected), summed.upload_bytes

@@ -229,7 +229,7 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
     except (OSError, ValueError, KeyError) as e:
         raise FedgenError(f"backbone {p}: could not load model + tokenizer ({str(e).splitlines()[0]})") from e
     if _fused_qkv(model):
-        split_qkv(model)  # type: ignore[arg-type]
+        split_qkv(model)  # type: ignore[arg-type]  # _fused_qkv: a GPT-2 with fused c_attn
     freeze(model)
     model.eval()
     stored = json.loads((p / BACKBONE_META).read_text()) if (p / BACKBONE_META).is_file() else {}
@@ -269,7 +269,7 @@ def lora_target_modules(model: nn.Module, wanted: list[str]) -> list[str]:
     if not wanted:
         raise FedgenError("lora targets: expected at least one module name, e.g. ['q_proj', 'v_proj']")
     if _fused_qkv(model):
-        split_qkv(model)  # type: ignore[arg-type]
+        split_qkv(model)  # type: ignore[arg-type]  # _fused_qkv: a GPT-2 with fused c_attn
     linear = {
         name.rsplit(".", 1)[-1]
         for name, m in model.named_modules()

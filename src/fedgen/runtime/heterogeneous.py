@@ -104,6 +104,7 @@ class HeterogeneousRuntime:
         if not answering:
             results: list[FitResult] = []
         elif limits:
+            # partial work is checked to need runtime: in-process, whose fit takes max_steps
             results = self.inner.fit(state, answering, rnd, max_steps=limits)  # type: ignore[call-arg]
         else:
             results = self.inner.fit(state, answering, rnd)
