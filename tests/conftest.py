@@ -51,12 +51,24 @@ def pretrain_root(data_root: Path) -> Path:
     return data_root
 
 
-def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
-    """A real-PTB experiment small enough for CI: 8 clients, 1-layer d=64 backbone."""
+# Torch threads of the tiny runs: 2 on the 2-core CI machine; 1 under pytest-xdist, whose workers
+# (one per core) run test files side by side. Each run fixes its own count (cfg.threads), so results
+# depend on the config only, never on the tests that ran before it in the same worker.
+TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
+def tiny_raw(root: Path, data_root: Path, personalize: bool = False, **fl) -> dict:
+    """A real-PTB experiment small enough for CI: 8 clients, 1-layer d=64 backbone.
+
+    Plumbing-sized: the client-test figures are computed at round 0 and after the last round only,
+    and the personalization step (3 more client-epochs per client, ~60% of a tiny run) runs only
+    when a test asks for it (``personalize=True``: the validated recipe with a 2-point grid).
+    """
+    pers = {"lr_multipliers": [1.0, 0.3], "max_epochs": 1} if personalize else {"enabled": False}
     return {
         "name": "tiny",
         "seed": 0,
-        "threads": 2,
+        "threads": TEST_THREADS,
         "data": {
             "dir": str(data_root),
             "num_clients": 8,
@@ -74,8 +86,8 @@ def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
             "sources": ["us-presidential-addresses"],
         },
         "fl": {"rounds": 2, "fraction": 0.5, "local_epochs": 1, "batch_size": 16, "lr": 0.01, **fl},
-        "eval": {"max_tokens": 3000, "local_every": 1},
-        "personalize": {"lr_multipliers": [1.0, 0.3], "max_epochs": 1},  # the validated grid, kept small
+        "eval": {"max_tokens": 1500, "local_every": 1000},
+        "personalize": pers,
         "output": {"root": str(root), "keep_checkpoints": 2},
     }
 
@@ -84,6 +96,18 @@ def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
 def shared_root(tmp_path_factory) -> Path:
     """One output root per test session, so the tiny backbone is pre-trained once."""
     return tmp_path_factory.mktemp("fedgen-runs")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(shared_root: Path, data_root: Path) -> tuple[Path, dict]:
+    """One uninterrupted 3-round tiny FedGen-Edge run with personalization, made once per session and
+    read by the tests that only check its outputs (test_federation, test_export); (run dir, summary)."""
+    from fedgen.config import config_from_dict
+    from fedgen.run import run_experiment
+
+    run = shared_root / "full"
+    cfg = config_from_dict(tiny_raw(shared_root, data_root, personalize=True, rounds=3))
+    return run, run_experiment(cfg, run, progress=False)
 
 
 # ------------------------------------------------------------------ local HTTP mirrors (never the internet)

@@ -37,11 +37,9 @@ def workdir(shared_root, data_root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(workdir, data_root) -> tuple[Path, dict]:
-    """One uninterrupted 3-round run, shared by several tests."""
-    cfg = config_from_dict(tiny_raw(workdir, data_root, rounds=3))
-    summary = run_experiment(cfg, workdir / "full", progress=False)
-    return workdir / "full", summary
+def finished(tiny_text_run) -> tuple[Path, dict]:
+    """One uninterrupted 3-round run with personalization (conftest), shared by several tests."""
+    return tiny_text_run
 
 
 def test_a_short_federation_on_real_ptb_lowers_perplexity(finished):
@@ -107,7 +105,7 @@ def test_clients_per_round_follow_fraction_and_sampling_is_seeded(finished):
 
 def test_resume_after_a_kill_gives_bit_identical_adapters(finished, workdir, data_root):
     full, _ = finished
-    cfg = config_from_dict(tiny_raw(workdir, data_root, rounds=3))
+    cfg = config_from_dict(tiny_raw(workdir, data_root, personalize=True, rounds=3))  # as `finished`
     out = run_experiment(cfg, workdir / "killed", stop_after=1, progress=False)
     assert out["stopped_after_round"] == 1
     assert not (workdir / "killed" / "summary.json").exists()
