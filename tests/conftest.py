@@ -193,3 +193,21 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ pytest-xdist (`make test` runs -n 2)
+
+# Files whose tests read the same expensive session fixtures (tiny_text_run, the tiny image run) run
+# in one worker, so each fixture is made once; every other file is a group of its own.
+_SHARED_RUNS = {"test_federation.py", "test_export.py", "test_image.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """With ``--dist loadgroup``: one xdist group per test file (module-scoped fixtures made once),
+    the files in ``_SHARED_RUNS`` in one group. A no-op without pytest-xdist."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("shared-runs" if name in _SHARED_RUNS else name))
