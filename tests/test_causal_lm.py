@@ -397,6 +397,7 @@ def test_embedded_smollm2(tmp_path_factory, data_root: Path) -> None:
 # --------------------------------------------------------------------------- federation on any HF causal LM
 
 
+@pytest.mark.slow  # a 2-round tiny run per architecture
 @pytest.mark.realdata
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_federating_lora_on_a_hugging_face_causal_lm(
