@@ -26,8 +26,11 @@ demo: data
 
 # `make test`: every test but the long end-to-end ones (marker `slow`), each <= 5 s on 2 cores.
 # `make test-slow`: only those (the Flower TLS deployment, the tiny reproduce suite, kill -9 resumes...).
+# PYTEST_XDIST="-n 2 --dist loadgroup": 2 pytest-xdist workers, 1 torch thread each, one test file
+# (or the files sharing a session run, tests/conftest.py) per group.
+PYTEST_XDIST ?=
 test: $(BIN)/fedgen
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_XDIST) --durations=15
 
 test-slow: $(BIN)/fedgen
 	$(BIN)/python -m pytest -q -m slow --durations=15
