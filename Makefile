@@ -6,7 +6,7 @@ FEDGEN_DATA ?= data
 export FEDGEN_DATA
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint typecheck bench data clean
+.PHONY: demo test test-slow lint typecheck bench data clean
 
 $(BIN)/fedgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ data: $(BIN)/fedgen
 demo: data
 	$(BIN)/fedgen run --config configs/demo.yaml
 
+# `make test`: every test but the long end-to-end ones (marker `slow`), each <= 5 s on 2 cores.
+# `make test-slow`: only those (the Flower TLS deployment, the tiny reproduce suite, kill -9 resumes...).
+# PYTEST_XDIST="-n 2 --dist loadgroup": 2 pytest-xdist workers, 1 torch thread each, one test file
+# (or the files sharing a session run, tests/conftest.py) per group.
+PYTEST_XDIST ?=
 test: $(BIN)/fedgen
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_XDIST) --durations=15
+
+test-slow: $(BIN)/fedgen
+	$(BIN)/python -m pytest -q -m slow --durations=15
 
 lint: $(BIN)/fedgen
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import os
@@ -13,7 +14,45 @@ from pathlib import Path
 
 import pytest
 
-from fedgen.data import ptb
+from fedgen.data import cifar10, ptb
+
+
+def _session_cached_cifar10():
+    """``load_cifar10`` that reads and SHA-256-verifies the real CIFAR-10 ($FEDGEN_DATA, 164 MB of npz,
+    ~4-7 s on 2 cores) once per test session instead of once per experiment built.
+
+    Only the real data root is cached, keyed by every file's name, size and mtime (a changed file is
+    read and verified again); a call with ``verify=True`` never returns a copy that was read unverified;
+    any other root (the tests' own corrupted or partial copies) goes to the real function. Each call
+    gets its own arrays, so no test can alter another's data.
+    """
+    original = cifar10.load_cifar10
+    cache: dict[tuple, tuple[bool, cifar10.CIFAR10]] = {}
+
+    @functools.wraps(original)
+    def load_cifar10(root=None, verify: bool = True) -> cifar10.CIFAR10:
+        env = os.environ.get("FEDGEN_DATA")
+        folder = cifar10._cifar_dir(root)
+        if not env or not folder.is_dir() or folder.resolve() != (Path(env) / "cifar10").resolve():
+            return original(root, verify)
+        key = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+        if key not in cache or (verify and not cache[key][0]):
+            cache[key] = (verify, original(root, verify))
+        d = cache[key][1]
+        arrays = ("train_x", "train_y", "test_x", "test_y")
+        return dataclasses.replace(d, **{a: getattr(d, a).copy() for a in arrays})
+
+    return load_cifar10
+
+
+# Patched before the test modules import it (``from fedgen.data.cifar10 import load_cifar10``).
+cifar10.load_cifar10 = _session_cached_cifar10()
+try:
+    import fedgen.tasks.image.task as _image_task
+
+    _image_task.load_cifar10 = cifar10.load_cifar10
+except ImportError:  # the image task moved: only the per-experiment cache is lost
+    pass
 
 
 def _unavailable(msg: str) -> None:
@@ -51,12 +90,24 @@ def pretrain_root(data_root: Path) -> Path:
     return data_root
 
 
-def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
-    """A real-PTB experiment small enough for CI: 8 clients, 1-layer d=64 backbone."""
+# Torch threads of the tiny runs: 2 on the 2-core CI machine; 1 under pytest-xdist, whose workers
+# (one per core) run test files side by side. Each run fixes its own count (cfg.threads), so results
+# depend on the config only, never on the tests that ran before it in the same worker.
+TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
+def tiny_raw(root: Path, data_root: Path, personalize: bool = False, **fl) -> dict:
+    """A real-PTB experiment small enough for CI: 8 clients, 1-layer d=64 backbone.
+
+    Plumbing-sized: the client-test figures are computed at round 0 and after the last round only,
+    and the personalization step (3 more client-epochs per client, ~60% of a tiny run) runs only
+    when a test asks for it (``personalize=True``: the validated recipe with a 2-point grid).
+    """
+    pers = {"lr_multipliers": [1.0, 0.3], "max_epochs": 1} if personalize else {"enabled": False}
     return {
         "name": "tiny",
         "seed": 0,
-        "threads": 2,
+        "threads": TEST_THREADS,
         "data": {
             "dir": str(data_root),
             "num_clients": 8,
@@ -74,8 +125,8 @@ def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
             "sources": ["us-presidential-addresses"],
         },
         "fl": {"rounds": 2, "fraction": 0.5, "local_epochs": 1, "batch_size": 16, "lr": 0.01, **fl},
-        "eval": {"max_tokens": 3000, "local_every": 1},
-        "personalize": {"lr_multipliers": [1.0, 0.3], "max_epochs": 1},  # the validated grid, kept small
+        "eval": {"max_tokens": 1500, "local_every": 1000},
+        "personalize": pers,
         "output": {"root": str(root), "keep_checkpoints": 2},
     }
 
@@ -84,6 +135,18 @@ def tiny_raw(root: Path, data_root: Path, **fl) -> dict:
 def shared_root(tmp_path_factory) -> Path:
     """One output root per test session, so the tiny backbone is pre-trained once."""
     return tmp_path_factory.mktemp("fedgen-runs")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(shared_root: Path, data_root: Path) -> tuple[Path, dict]:
+    """One uninterrupted 3-round tiny FedGen-Edge run with personalization, made once per session and
+    read by the tests that only check its outputs (test_federation, test_export); (run dir, summary)."""
+    from fedgen.config import config_from_dict
+    from fedgen.experiment.run import run_experiment
+
+    run = shared_root / "full"
+    cfg = config_from_dict(tiny_raw(shared_root, data_root, personalize=True, rounds=3))
+    return run, run_experiment(cfg, run, progress=False)
 
 
 # ------------------------------------------------------------------ local HTTP mirrors (never the internet)
@@ -130,3 +193,21 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ pytest-xdist (`make test` runs -n 2)
+
+# Files whose tests read the same expensive session fixtures (tiny_text_run, the tiny image run) run
+# in one worker, so each fixture is made once; every other file is a group of its own.
+_SHARED_RUNS = {"test_federation.py", "test_export.py", "test_image.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """With ``--dist loadgroup``: one xdist group per test file (module-scoped fixtures made once),
+    the files in ``_SHARED_RUNS`` in one group. A no-op without pytest-xdist."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("shared-runs" if name in _SHARED_RUNS else name))

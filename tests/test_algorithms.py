@@ -41,6 +41,7 @@ def summaries(shared_root, data_root) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow  # reads `summaries`: 7 tiny runs, one per algorithm (~1-2 min, once)
 def test_all_algorithms_share_data_partition_backbone_and_round_zero(summaries, shared_root):
     firsts = {a: (s["valid_ppl_initial"], s["test_ppl_initial"]) for a, s in summaries.items()}
     assert len(set(firsts.values())) == 1, firsts
@@ -48,6 +49,7 @@ def test_all_algorithms_share_data_partition_backbone_and_round_zero(summaries, 
     assert len(parts) == 1
 
 
+@pytest.mark.slow  # reads `summaries`: 7 tiny runs, one per algorithm (~1-2 min, once)
 def test_fedper_never_uploads_its_personal_layers(summaries, shared_root, data_root):
     exp = Experiment.build(config_from_dict(raw_for(shared_root, data_root, "fedper")), progress=False)
     logic = exp.client_logic()
@@ -63,6 +65,7 @@ def test_fedper_never_uploads_its_personal_layers(summaries, shared_root, data_r
     assert s["bytes_per_upload"] == len(serialize(shared))  # the bytes sent hold no personal tensor
 
 
+@pytest.mark.slow  # reads `summaries`: 7 tiny runs, one per algorithm (~1-2 min, once)
 def test_local_only_sends_nothing_and_keeps_one_adapter_per_client(summaries, shared_root):
     s = summaries["local"]
     assert s["upload_bytes_total"] == s["download_bytes_total"] == 0 and s["rounds"] == 0
@@ -71,12 +74,14 @@ def test_local_only_sends_nothing_and_keeps_one_adapter_per_client(summaries, sh
     assert len(list((shared_root / "algs" / "local" / "clients").iterdir())) == 8
 
 
+@pytest.mark.slow  # reads `summaries`: 7 tiny runs, one per algorithm (~1-2 min, once)
 def test_fedavg_full_uploads_every_parameter(summaries):
     s = summaries["fedavg-full"]
     assert s["upload_params"] == s["trained_params"] == s["backbone"]["params"]
     assert s["bytes_per_upload"] - 4 * s["backbone"]["params"] < 4096  # fp32 payload + header
 
 
+@pytest.mark.slow  # pre-trains the 2-block backbone (shared with `summaries`)
 def test_ditto_lambda_zero_is_local_training_and_a_huge_lambda_stays_at_the_global_model(
     shared_root, data_root
 ):
@@ -99,6 +104,7 @@ def test_ditto_lambda_zero_is_local_training_and_a_huge_lambda_stays_at_the_glob
     assert dbig < 0.25 * d0
 
 
+@pytest.mark.slow  # reads `summaries`: 7 tiny runs, one per algorithm (~1-2 min, once)
 def test_central_training_sees_every_clients_samples(summaries, shared_root, data_root):
     exp = Experiment.build(config_from_dict(raw_for(shared_root, data_root, "central-lora")), progress=False)
     pooled = pooled_data(exp).train
@@ -109,6 +115,7 @@ def test_central_training_sees_every_clients_samples(summaries, shared_root, dat
     assert summaries["central-full"]["upload_note"].startswith("n/a")
 
 
+@pytest.mark.slow  # reads `summaries`: 7 tiny runs, one per algorithm (~1-2 min, once)
 def test_upload_totals_follow_formulas_3_5_and_3_6(summaries):
     # expected values from the config, not from the summary fields being checked: 2 rounds x
     # floor(0.5 x 8) = 4 clients; LoRA r=4 on q and v (64 -> 64) of 2 blocks = 2 x 2 x 4 x (64 + 64)
@@ -145,6 +152,7 @@ def test_paper_traffic_arithmetic():
     assert upload_total_formula(500, 10, 85_000_000) == 1_700_000_000_000  # 85M params, upload only
 
 
+@pytest.mark.slow  # 4 tiny runs (2 algorithms x 2 seeds)
 def test_compare_tabulates_mean_and_std_and_skips_finished_runs(shared_root, data_root, monkeypatch):
     cfg = config_from_dict(raw_for(shared_root, data_root, "fedgen"))
     out = shared_root / "cmp"
@@ -169,6 +177,7 @@ def test_compare_tabulates_mean_and_std_and_skips_finished_runs(shared_root, dat
     assert r2["rows"] == r1["rows"]
 
 
+@pytest.mark.slow  # pre-trains the 2-block backbone and runs a tiny FedPer
 def test_a_loaded_backbone_is_used_with_its_own_architecture(shared_root, data_root):
     """model.backbone with 2 blocks, config saying n_layer: 1: FedPer personalizes the backbone's own
     last block and the summary reports the backbone's architecture, not the config's."""

@@ -57,6 +57,7 @@ def _load_benchmark():
     return mod
 
 
+@pytest.mark.slow  # runs the overhead benchmark script end to end
 @pytest.mark.realdata
 def test_overhead_benchmark_tiny(pretrain_root: Path, tmp_path: Path) -> None:
     # pretrain_root = data_root (real PTB) + the pre-training corpus the tiny backbone is trained on.

@@ -366,6 +366,7 @@ SMOLLM2_TEST200_WORD_PPL = 222.05
 SMOLLM2_TEST200_TOKEN_PPL = 79.26
 
 
+@pytest.mark.slow  # dequantizes and runs the 135M-parameter SmolLM2: ~45 s
 @pytest.mark.realdata
 def test_embedded_smollm2(tmp_path_factory, data_root: Path) -> None:
     if importlib.util.find_spec(EMBEDDED["smollm2-135m"].package) is None:
@@ -396,6 +397,7 @@ def test_embedded_smollm2(tmp_path_factory, data_root: Path) -> None:
 # --------------------------------------------------------------------------- federation on any HF causal LM
 
 
+@pytest.mark.slow  # a 2-round tiny run per architecture
 @pytest.mark.realdata
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_federating_lora_on_a_hugging_face_causal_lm(

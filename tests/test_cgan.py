@@ -165,6 +165,7 @@ def test_backbone_saves_the_ema_generator_and_loads_back(tmp_path):
         cgan.load(path)
 
 
+@pytest.mark.slow  # 300 GAN steps + a classifier trained on 4,000 images: ~40-50 s
 @pytest.mark.realdata
 def test_a_tiny_pretraining_on_real_cifar_makes_classes_recognisable(cifar_root, tmp_path):
     """~40 s on 2 cores. The judge is a small classifier trained here on 4,000 non-public train images

@@ -62,6 +62,7 @@ def dummy(monkeypatch):
     monkeypatch.setitem(registry._TASKS, "dummy", DummyTask)
 
 
+@pytest.mark.slow  # kill -9 of a `fedgen run` subprocess, then a resumed one
 def test_kill_9_at_a_random_point_then_resume_gives_bit_identical_adapters(dummy, tmp_path):
     rounds = 60
     cfg_file = tmp_path / "cfg.yaml"

@@ -10,12 +10,11 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_raw
 from fedgen.cli import main
-from fedgen.config import config_from_dict, load_config
+from fedgen.config import load_config
 from fedgen.data.ptb import load_ptb
 from fedgen.experiment.build import Experiment
-from fedgen.experiment.run import run_experiment, saved_model_state
+from fedgen.experiment.run import saved_model_state
 from fedgen.tasks.image.gan import gan_of
 
 pytestmark = pytest.mark.realdata
@@ -33,12 +32,9 @@ def unmerged(run, client):
 
 
 @pytest.fixture(scope="module")
-def text_run(shared_root, data_root):
-    cfg = config_from_dict(tiny_raw(shared_root, data_root, rounds=1))
-    run = shared_root / "export-text"
-    if not (run / "summary.json").is_file():
-        run_experiment(cfg, run, progress=False)
-    return run
+def text_run(tiny_text_run):
+    """The session's tiny personalized text run (conftest), read only."""
+    return tiny_text_run[0]
 
 
 @pytest.mark.parametrize("client", [None, 3])

@@ -37,11 +37,9 @@ def workdir(shared_root, data_root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(workdir, data_root) -> tuple[Path, dict]:
-    """One uninterrupted 3-round run, shared by several tests."""
-    cfg = config_from_dict(tiny_raw(workdir, data_root, rounds=3))
-    summary = run_experiment(cfg, workdir / "full", progress=False)
-    return workdir / "full", summary
+def finished(tiny_text_run) -> tuple[Path, dict]:
+    """One uninterrupted 3-round run with personalization (conftest), shared by several tests."""
+    return tiny_text_run
 
 
 def test_a_short_federation_on_real_ptb_lowers_perplexity(finished):
@@ -105,9 +103,10 @@ def test_clients_per_round_follow_fraction_and_sampling_is_seeded(finished):
     assert sample_clients(100, 0.1, 0, 1) != sample_clients(100, 0.1, 0, 2)
 
 
+@pytest.mark.slow  # a second personalized 3-round run, stopped and resumed
 def test_resume_after_a_kill_gives_bit_identical_adapters(finished, workdir, data_root):
     full, _ = finished
-    cfg = config_from_dict(tiny_raw(workdir, data_root, rounds=3))
+    cfg = config_from_dict(tiny_raw(workdir, data_root, personalize=True, rounds=3))  # as `finished`
     out = run_experiment(cfg, workdir / "killed", stop_after=1, progress=False)
     assert out["stopped_after_round"] == 1
     assert not (workdir / "killed" / "summary.json").exists()
@@ -129,6 +128,7 @@ def test_resume_after_a_kill_gives_bit_identical_adapters(finished, workdir, dat
     assert strip(full) == strip(workdir / "killed")
 
 
+@pytest.mark.slow  # a second 3-round run
 def test_a_different_seed_gives_different_adapters(finished, workdir, data_root):
     full, _ = finished
     raw = tiny_raw(workdir, data_root, rounds=3)  # the same round as `finished`'s last checkpoint
@@ -220,6 +220,7 @@ def test_cli_compare_rejects_unknown_algorithms_and_bad_seeds(tmp_path, capsys):
     assert "fedsgd" in err and "--seeds" in err
 
 
+@pytest.mark.slow  # pre-trains its own backbone, then runs
 def test_a_public_ptb_slice_can_pretrain_the_backbone_and_no_client_holds_it(shared_root, data_root):
     from fedgen.data.partition import make_documents
     from fedgen.data.ptb import load_ptb

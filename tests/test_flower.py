@@ -115,6 +115,7 @@ def federation(tmp_path_factory, data_root, reference):
         yield fed
 
 
+@pytest.mark.slow  # SuperLink + 3 SuperNode processes over TLS: ~70 s
 @pytest.mark.realdata
 def test_flower_deployment_over_tls_equals_the_in_process_runtime(
     federation, reference, shared_root, monkeypatch
@@ -183,6 +184,7 @@ def _refused(fed: Loopback, name: str, timeout: float = 90) -> str:
     return fed.log(name)
 
 
+@pytest.mark.slow  # needs the loopback TLS federation (processes)
 def test_a_supernode_with_an_unregistered_key_is_refused(federation):
     from fedgen.runtime.flower.pki import make_node_key
 
@@ -192,6 +194,7 @@ def test_a_supernode_with_an_unregistered_key_is_refused(federation):
     assert "Failed to activate SuperNode" in log, log[-1500:]
 
 
+@pytest.mark.slow  # needs the loopback TLS federation (processes)
 def test_a_plaintext_supernode_cannot_connect_to_the_tls_superlink(federation):
     federation.supernode("plaintext", 0, None, tls=False, retries=1)
     log = _refused(federation, "plaintext")
@@ -201,6 +204,7 @@ def test_a_plaintext_supernode_cannot_connect_to_the_tls_superlink(federation):
 # ------------------------------------------------------------------------------- simulation
 
 
+@pytest.mark.slow  # Ray + the reference run
 @pytest.mark.realdata
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="flwr[simulation] (Ray) not installed")
 def test_flower_simulation_equals_the_in_process_runtime(reference, shared_root, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from fedgen.config import config_from_dict
 pytest.importorskip("flwr")
 
 
+@pytest.mark.slow  # a tiny run on Flower in process
 @pytest.mark.realdata
 def test_a_lost_and_a_malformed_flower_client_leave_the_round_to_the_others(shared_root, data_root, caplog):
     from fedgen.deploy.client_app import make_client_app

@@ -91,6 +91,7 @@ def assert_same_run(run_dir: Path, store: ClientStore, ref: Path) -> None:
         assert (r["round"], r["clients"], r["train_loss"]) == (q["round"], q["clients"], q["train_loss"])
 
 
+@pytest.mark.slow  # a 2-block tiny run in process and on Flower, per algorithm
 @pytest.mark.realdata
 @pytest.mark.parametrize("algorithm", ["fedper", "ditto"])
 def test_kept_client_states_on_flower_equal_the_in_process_runtime(
@@ -112,6 +113,7 @@ def test_kept_client_states_on_flower_equal_the_in_process_runtime(
         assert first["wire_bytes_down"] < first["flower_payload_down_bytes"]
 
 
+@pytest.mark.slow  # two tiny Flower runs (stop, resume) + the in-process reference
 @pytest.mark.realdata
 def test_a_flower_run_stopped_after_round_1_and_resumed_equals_an_uninterrupted_one(
     shared_root, data_root, tmp_path, monkeypatch

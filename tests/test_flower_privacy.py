@@ -176,6 +176,7 @@ def secagg_cfg(root: Path, data_root: Path, secagg: bool = True):
     return config_from_dict(raw)
 
 
+@pytest.mark.slow  # a tiny in-process run + the same round on Flower with SecAgg+
 @pytest.mark.realdata
 def test_secagg_gives_fedavg_within_the_quantization_error_and_the_server_sees_only_the_sum(
     shared_root, data_root, monkeypatch

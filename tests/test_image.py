@@ -324,6 +324,7 @@ def test_a_tiny_federated_gan_on_real_cifar10_writes_metrics_grids_and_a_report(
     assert [m["round"] for m in metrics] == [0, 1, 2] and "local_test_fdc" in metrics[-1]
 
 
+@pytest.mark.slow  # Inception FID of a copied run: ~25 CPU-s
 def test_fedgen_fid_recomputes_a_finished_runs_inception_figures(
     finished_image, image_root, cifar_root, capsys
 ):
@@ -375,6 +376,7 @@ def test_the_backbone_cache_key_follows_the_recipe_and_a_killed_pretraining_resu
         assert torch.equal(gan.generator.state_dict()[k], v), k
 
 
+@pytest.mark.slow  # two more tiny GAN runs with FID: ~70 CPU-s
 def test_image_resume_after_a_kill_gives_bit_identical_adapters_and_metrics(
     finished_image, image_root, cifar_root
 ):
@@ -393,6 +395,7 @@ def test_image_resume_after_a_kill_gives_bit_identical_adapters_and_metrics(
 @pytest.mark.parametrize(
     "algorithm", ["fedavg-full", "fedper", "ditto", "local", "central-full", "central-lora"]
 )
+@pytest.mark.slow  # one tiny GAN run with FID each: 17-29 CPU-s
 def test_every_baseline_runs_on_the_image_task(algorithm, image_root, cifar_root):
     raw = tiny_image_raw(image_root, cifar_root)
     raw["algorithm"] = {"name": algorithm}
@@ -449,6 +452,7 @@ def test_cli_data_partition_prints_the_classes_per_client_histogram(image_root, 
     assert summary["num_examples"] == 320 and sum(summary["classes_per_client_hist"].values()) == 4
 
 
+@pytest.mark.slow  # the backbone + a local run with FID: ~50 CPU-s
 def test_compare_tabulates_image_runs_beside_the_untouched_backbone(image_root, cifar_root, tmp_path):
     from fedgen.commands.compare import compare
 

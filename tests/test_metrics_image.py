@@ -201,6 +201,7 @@ def small_inception_feats(cifar_npz_root: Path) -> dict[str, np.ndarray]:
     return {"test": ext(test_x), "train": ext(train_x), "noise": ext(noise)}
 
 
+@pytest.mark.slow  # Inception features of 192 real/noise images on CPU (module fixture): ~40 CPU-s
 @pytest.mark.realdata
 def test_fid_of_a_set_with_itself_is_zero(small_inception_feats):
     # With N=64 < 2048 the covariance is singular; rounding leaves a residue far below real-vs-real FIDs.
@@ -208,6 +209,7 @@ def test_fid_of_a_set_with_itself_is_zero(small_inception_feats):
     assert abs(fid_from_feats(f, f)) < 1e-2
 
 
+@pytest.mark.slow  # Inception features of 192 real/noise images on CPU (module fixture): ~40 CPU-s
 @pytest.mark.realdata
 def test_fid_ranks_real_train_images_far_closer_to_test_than_noise(small_inception_feats):
     # Measured with N=120: FID(test, train) 158, FID(test, noise) 507 (small-N FIDs are biased upwards,

@@ -70,9 +70,10 @@ def test_every_text_table_names_its_backbone_and_labels_our_offline_one_as_a_sub
     assert "offline substitute" in compare_notes(parts["text-small"].cfg)
 
 
+@pytest.mark.slow  # 8 tiny runs (2 algorithms x 2 seeds + sweeps): ~1-2 min
 @pytest.mark.realdata
 def test_a_tiny_suite_reports_every_section_from_its_outputs(shared_root, data_root, tmp_path, capsys):
-    cfg = config_from_dict(tiny_raw(shared_root, data_root))  # r=4, E=1, 2 rounds
+    cfg = config_from_dict(tiny_raw(shared_root, data_root, personalize=True))  # r=4, E=1, 2 rounds
     parts = plan(configs={"text": cfg}, algorithms=["fedgen", "local"], ranks=(2, 4), epochs=(1, 2))
     assert [(p.name, p.same_as) for p in parts] == [
         ("text", None),
