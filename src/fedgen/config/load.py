@@ -17,23 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fedgen.config.schema import (  # noqa: F401  (re-exported: the config API lives here)
-    AdapterConfig,
-    AlgorithmConfig,
-    Config,
-    DataConfig,
-    DevicesConfig,
-    DeviceTier,
-    EvalConfig,
-    FLConfig,
-    FlowerConfig,
-    ImageConfig,
-    ModelConfig,
-    OutputConfig,
-    PersonalizeConfig,
-    PretrainConfig,
-    clients_per_round,
-)
+from fedgen.config.schema import Config, clients_per_round
 from fedgen.core.device import resolve
 from fedgen.core.errors import ConfigError
 from fedgen.core.files import atomic_write_text
