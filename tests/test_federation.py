@@ -13,8 +13,9 @@ from peft import PeftModel
 from conftest import tiny_raw
 from fedgen.cli import main
 from fedgen.config import config_from_dict
-from fedgen.core.errors import CheckpointError
+from fedgen.core.errors import CheckpointError, ConfigError
 from fedgen.experiment.build import Experiment
+from fedgen.experiment.registry import check_config
 from fedgen.experiment.run import run_experiment
 from fedgen.experiment.summary import SUMMARY_FIELDS, task_fields
 from fedgen.fl.server import sample_clients
@@ -242,9 +243,7 @@ def test_a_public_ptb_slice_can_pretrain_the_backbone_and_no_client_holds_it(sha
 
 
 def test_ptb_public_source_needs_a_public_slice(shared_root, data_root):
-    from fedgen.core.errors import ConfigError
-
     raw = tiny_raw(shared_root, data_root)
     raw["pretrain"]["sources"] = ["ptb-public"]
     with pytest.raises(ConfigError, match="public_docs"):
-        config_from_dict(raw)
+        check_config(config_from_dict(raw))
