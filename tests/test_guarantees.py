@@ -242,6 +242,17 @@ def test_out_onto_a_non_empty_directory_that_is_not_a_run_leaves_it_untouched(du
     assert run_experiment(config_from_dict(raw(tmp_path)), tmp_path / "empty", progress=False)["rounds"] == 2
 
 
+def test_a_run_killed_in_its_first_write_starts_again_in_the_same_directory(dummy, tmp_path):
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ".config.yaml.k3x9_q1.tmp").write_text("half a conf")  # what a kill in write 1 leaves
+    assert run_experiment(config_from_dict(raw(tmp_path)), killed, progress=False)["rounds"] == 2
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / ".notes.tmp").write_text("mine")  # not the shape of our temporary files
+    with pytest.raises(CheckpointError, match="not a fedgen run directory"):
+        run_experiment(config_from_dict(raw(tmp_path)), tmp_path / "other", progress=False)
+
+
 # -------------------------------------------------------------- 7. the result key includes the backbone
 
 

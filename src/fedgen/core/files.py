@@ -65,6 +65,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def is_interrupted_write(name: str) -> bool:
+    """A temporary file of :func:`atomic_write_bytes` left by a crash mid-write (``.NAME.XXXX.tmp``):
+    never the real file, safe to ignore (and to overwrite by the next write of NAME)."""
+    return name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """``path`` holds ``data`` afterwards, or (after a crash) its previous content; never a mix."""
     path = Path(path)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fedgen.config import Config, load_config, save_config
 from fedgen.core.errors import CheckpointError, FedgenError
-from fedgen.core.files import atomic_write_text
+from fedgen.core.files import atomic_write_text, is_interrupted_write
 from fedgen.experiment.build import Experiment, distribution
 from fedgen.experiment.loop import Clock, RuntimeFactory, run_central, run_federated, run_local
 from fedgen.experiment.rundir import RunDir, read_state, write_state
@@ -64,7 +64,10 @@ def _open_run(
 ) -> tuple[Config, RunDir]:
     if resume:
         if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
-            raise CheckpointError(f"--resume: {run_dir} is not a run directory (no config.yaml)")
+            raise CheckpointError(
+                f"--resume: {run_dir} is not a run directory (no config.yaml); a run killed before it "
+                "wrote its config starts again with --config CONFIG --out on the same directory"
+            )
         saved = load_config(Path(run_dir) / "config.yaml")
         if cfg is not None and cfg.digest() != saved.digest():
             raise CheckpointError(f"--resume: the given config differs from {run_dir}/config.yaml")
@@ -72,7 +75,8 @@ def _open_run(
     if cfg is None:
         raise FedgenError("run_experiment needs a config (or resume=True with a run directory)")
     rd = RunDir(Path(run_dir) if run_dir else new_run_dir(cfg))
-    if not resume and rd.path.is_dir() and any(rd.path.iterdir()) and not _is_our_run(rd.path):
+    ours_only = rd.path.is_dir() and all(is_interrupted_write(p.name) for p in rd.path.iterdir())
+    if not resume and rd.path.is_dir() and not ours_only and not _is_our_run(rd.path):
         raise CheckpointError(
             f"{rd.path} is not empty and is not a fedgen run directory: refusing to write into it "
             "(its files are left untouched); choose a new or empty directory"
