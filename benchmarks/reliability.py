@@ -47,6 +47,7 @@ from fedgen.config import load_config  # noqa: E402
 from fedgen.experiment.run import run_experiment  # noqa: E402
 from fedgen.fl.client import FitResult  # noqa: E402
 from fedgen.runtime.simulate import InProcessRuntime  # noqa: E402
+from fedgen.testing.configs import tiny_text_raw  # noqa: E402
 
 # (round, position among the round's answers) -> how the update is spoiled; >= 3 of each kind
 SCHEDULE = {
@@ -199,30 +200,12 @@ FLOWER_NOTE = "not run: flwr[simulation] not installed (the Flower Simulation En
 
 
 def kill_config(root: Path, data_dir: str, algorithm: str, rounds: int) -> dict:
-    """tests/conftest.py's tiny_raw, smaller: eval only at the end (500 tokens), personalization off,
-    1 thread."""
-    return {
-        "name": "tiny",
-        "seed": 0,
-        "threads": 1,
-        "data": {"dir": data_dir, "num_clients": 8, "max_docs": 120, "num_topics": 4, "lda_max_iter": 5},
-        # FedPer needs a shared and a personal block: 2 layers for it (as tests/test_algorithms.py)
-        "model": {"n_layer": 2 if algorithm == "fedper" else 1, "n_embd": 64, "n_head": 2, "context": 32},
-        "lora": {"r": 4, "alpha": 8},
-        "pretrain": {
-            "steps": 120,
-            "batch_size": 32,
-            "lr": 0.003,
-            "warmup_steps": 10,
-            "sources": ["us-presidential-addresses"],
-        },
-        "fl": {"rounds": rounds, "fraction": 0.5, "local_epochs": 1, "batch_size": 16, "lr": 0.01},
-        "eval": {"max_tokens": 500, "every": rounds, "local_every": rounds},
-        "personalize": {"enabled": False},
-        "algorithm": {"name": algorithm},
-        "dp": {"mode": "off"},
-        "output": {"root": str(root), "keep_checkpoints": 2},
-    }
+    """fedgen.testing.configs.tiny_text_raw, smaller: eval only at the end (500 tokens), 1 thread."""
+    raw = tiny_text_raw(root, data_dir, threads=1, rounds=rounds)
+    # FedPer needs a shared and a personal block: 2 layers for it (as tests/test_algorithms.py)
+    raw["model"]["n_layer"] = 2 if algorithm == "fedper" else 1
+    raw["eval"] = {"max_tokens": 500, "every": rounds, "local_every": rounds}
+    return {**raw, "algorithm": {"name": algorithm}, "dp": {"mode": "off"}}
 
 
 def write_category(rel: str) -> str:

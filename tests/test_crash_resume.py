@@ -19,34 +19,22 @@ from fedgen.config import config_from_dict
 from fedgen.experiment import registry
 from fedgen.experiment.run import run_experiment
 from fedgen.experiment.rundir import read_state
-from fedgen.testing.dummy_task import DummyTask
+from fedgen.testing.dummy_task import DummyTask, dummy_raw
 
 TESTS = Path(__file__).resolve().parent
-# `fedgen run` with the dummy task (tests/test_task_registry.py) registered first
-CLI = (
-    "import sys; from fedgen.experiment import registry; from fedgen.testing.dummy_task import DummyTask; "
-    "registry.register_task('dummy', DummyTask); from fedgen.cli import main; sys.exit(main(sys.argv[1:]))"
-)
 
 
-def raw(tmp_path: Path, algorithm: str = "fedgen", rounds: int = 3) -> dict:
-    return {
-        "name": "dummy",
-        "task": "dummy",
-        "data": {"num_clients": 6},
-        "lora": {"r": 2, "alpha": 4},
-        "fl": {"rounds": rounds, "fraction": 0.5, "local_epochs": 2, "batch_size": 8, "lr": 0.05},
-        "eval": {"local_every": 1000},
-        "algorithm": {"name": algorithm},
-        "personalize": {"enabled": False},
-        "output": {"root": str(tmp_path), "keep_checkpoints": 2},
-    }
+def raw(tmp_path: Path, algorithm: str = "fedgen", rounds: int = 3, **sections: dict) -> dict:
+    return dummy_raw(tmp_path, algorithm, rounds, local_epochs=2, **sections)
 
 
 def fedgen(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(TESTS)]), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "fedgen.testing.dummy_task", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 

@@ -23,7 +23,7 @@ from fedgen.experiment.run import run_experiment
 from fedgen.fl.client import FitResult
 from fedgen.fl.dp import epsilon
 from fedgen.fl.server import RoundPolicy, federate, sample_clients
-from fedgen.testing.dummy_task import DummyTask
+from fedgen.testing.dummy_task import DummyTask, dummy_raw
 
 TESTS = Path(__file__).resolve().parent
 REF = {"a": torch.zeros(3, 4), "b": torch.zeros(5)}
@@ -34,21 +34,8 @@ def dummy(monkeypatch):
     monkeypatch.setitem(registry._TASKS, "dummy", DummyTask)
 
 
-def raw(tmp_path: Path, algorithm: str = "fedgen", rounds: int = 2, **sections) -> dict:
-    out = {
-        "name": "dummy",
-        "task": "dummy",
-        "data": {"num_clients": 6},
-        "lora": {"r": 2, "alpha": 4},
-        "fl": {"rounds": rounds, "fraction": 0.5, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
-        "eval": {"local_every": 1000},
-        "algorithm": {"name": algorithm},
-        "personalize": {"enabled": False},
-        "output": {"root": str(tmp_path), "keep_checkpoints": 2},
-    }
-    for name, values in sections.items():
-        out.setdefault(name, {}).update(values)
-    return out
+def raw(tmp_path: Path, algorithm: str = "fedgen", rounds: int = 2, **sections: dict) -> dict:
+    return dummy_raw(tmp_path, algorithm, rounds, local_epochs=1, **sections)
 
 
 class _Scripted:
@@ -319,18 +306,14 @@ def test_a_checkpoint_that_does_not_match_its_sha256_is_refused_naming_the_file(
         run_experiment(None, tmp_path / "run", resume=True, progress=False)
 
 
-CLI = (
-    "import sys; from fedgen.experiment import registry; from fedgen.testing.dummy_task import DummyTask; "
-    "registry.register_task('dummy', DummyTask); from fedgen.cli import main; sys.exit(main(sys.argv[1:]))"
-)
-
-
 def _fedgen(*args: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(TESTS)]), "OMP_NUM_THREADS": "1"}
     env.pop("FEDGEN_FAULT_KILL_AT_WRITE", None)
     if kill_at is not None:
         env["FEDGEN_FAULT_KILL_AT_WRITE"] = str(kill_at)
-    return subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fedgen.testing.dummy_task", *args], env=env, capture_output=True, timeout=120
+    )
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """A third task, small enough for unit tests: linear regression with a client-specific target
 shift. It implements everything a task must provide (:mod:`fedgen.tasks.base`), so tests and
 benchmarks can run the whole experiment core on it in seconds. Register it with
-``registry.register_task("dummy", DummyTask)``."""
+``registry.register_task("dummy", DummyTask)``; ``python -m fedgen.testing.dummy_task ARGS`` is the
+``fedgen`` command with it registered (for tests that run the CLI in a subprocess)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,34 @@ class DummyTask:
 
     def describe_partition(self) -> str:
         return "dummy"
+
+
+def dummy_raw(
+    root: Path, algorithm: str = "fedgen", rounds: int = 2, local_epochs: int = 1, **sections: dict
+) -> dict:
+    """A dummy-task experiment (6 clients, 3 per round, no personalization, clients scored at the
+    start and the end) writing under ``root``; ``sections`` update the config's sections."""
+    out: dict = {
+        "name": "dummy",
+        "task": "dummy",
+        "data": {"num_clients": 6},
+        "lora": {"r": 2, "alpha": 4},
+        "fl": {"rounds": rounds, "fraction": 0.5, "local_epochs": local_epochs, "batch_size": 8, "lr": 0.05},
+        "eval": {"local_every": 1000},
+        "algorithm": {"name": algorithm},
+        "personalize": {"enabled": False},
+        "output": {"root": str(root), "keep_checkpoints": 2},
+    }
+    for name, values in sections.items():
+        out.setdefault(name, {}).update(values)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    from fedgen.cli import main
+    from fedgen.experiment import registry
+
+    registry.register_task("dummy", DummyTask)
+    sys.exit(main(sys.argv[1:]))
