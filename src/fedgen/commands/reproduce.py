@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedgen.commands.compare import compare
 from fedgen.config import Config, clients_per_round, config_from_dict, load_config
 from fedgen.core.errors import FedgenError
 from fedgen.core.files import atomic_write_text
 from fedgen.experiment.registry import algorithm, algorithm_names, check_config, task_class
+from fedgen.report.suite import write_suite_report
 from fedgen.tasks import paper
 
 SUITES = {
@@ -220,9 +222,6 @@ def run_suite(
     command: str | None = None,
 ) -> Path:
     """Run every part (resumable), keep ``suite.json`` current, then write the suite report."""
-    from fedgen.commands.compare import compare
-    from fedgen.report.suite import write_suite_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta_file = out / "suite.json"

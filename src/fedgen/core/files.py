@@ -26,6 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save
+
+from fedgen.core.errors import CheckpointError
+
 log = logging.getLogger("fedgen")
 
 FAULT_ENV = "FEDGEN_FAULT_KILL_AT_WRITE"
@@ -99,8 +103,6 @@ def atomic_write_json(path: str | Path, obj: Any, **dumps: Any) -> None:
 
 def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors' ``save_file``, atomically (the tensors serialized in memory, then written)."""
-    from safetensors.torch import save
-
     atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
@@ -119,8 +121,6 @@ def append_line(path: str | Path, line: str) -> None:
 def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
     """The rows of a JSON-lines file. A torn last line (a crash mid-append) is dropped with a
     logged warning (and cut off the file with ``repair``); a bad line elsewhere is an error."""
-    from fedgen.core.errors import CheckpointError
-
     path = Path(path)
     if not path.is_file():
         return []

@@ -224,8 +224,6 @@ def build_partition(
 ) -> Partition:
     """Partition documents across clients (``scheme`` = "lda" or "iid") and split each 80/20."""
     if num_clients > len(docs):
-        from fedgen.core.errors import ConfigError
-
         raise ConfigError(
             f"config data.num_clients: {num_clients} clients but only {len(docs)} documents; "
             "lower num_clients, doc_sentences, or raise data.max_docs"

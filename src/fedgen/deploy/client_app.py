@@ -27,6 +27,7 @@ from flwr.clientapp import ClientApp
 
 from fedgen.core.seeding import derive_seed
 from fedgen.deploy.run_config import experiment_for, run_settings
+from fedgen.experiment.loop import round_policy
 from fedgen.fl.server import client_update
 from fedgen.runtime.flower.records import from_arrays, to_arrays, to_metrics
 from fedgen.runtime.flower.secagg import fitres_reply, is_secure, read_fitins, secagg_when_asked
@@ -61,8 +62,6 @@ def make_client_app(default_run_config: dict | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        from fedgen.experiment.loop import round_policy
-
         settings = run_settings(context.run_config, default_run_config)
         exp, logic = experiment_for(settings)
         secure = is_secure(msg)

@@ -125,6 +125,7 @@ def run_sim(settings: RunSettings, num_clients: int, client_cpus: float = 1.0) -
         raise FedgenError(
             f"flower-sim needs Flower's simulation extra: pip install 'fedgen-edge[flower-sim]' ({e})"
         ) from None
+    # lazy: the apps import Flower's Python API, needed here only for the Simulation Engine
     from fedgen.deploy.client_app import make_client_app
     from fedgen.deploy.server_app import make_server_app
 

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from fedgen.config import Config, config_from_dict
+from fedgen.experiment.build import Experiment
 from fedgen.fl.algorithms import ClientLogic
 
 # [tool.flwr.app.config] keys of the generated app (see fedgen.deploy.launch)
@@ -73,8 +74,6 @@ def experiment_for(settings: RunSettings):
     """This process's (Experiment, ClientLogic) for the run's config, built once per process."""
     key = hashlib.sha256(settings.config_yaml.encode()).hexdigest()
     if key not in _CACHE:
-        from fedgen.experiment.build import Experiment
-
         exp = Experiment.build(settings.config(), progress=False)
         _CACHE[key] = (exp, exp.client_logic())
     return _CACHE[key]

@@ -11,6 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedgen.deploy.run_config import run_settings
+from fedgen.experiment.run import run_experiment
 from fedgen.runtime.flower.runtime import FlowerRuntime
 
 
@@ -20,8 +21,6 @@ def make_server_app(default_run_config: dict | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from fedgen.experiment.run import run_experiment
-
         s = run_settings(context.run_config, default_run_config)
         cfg = s.config()
 

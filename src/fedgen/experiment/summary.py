@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from typing import Any
 
@@ -100,8 +101,6 @@ def backbone_digest(exp: Experiment) -> str:
     """SHA-256 of the backbone's weights as loaded (every tensor of the freshly built model but the
     adapter's, with its name, dtype and shape): two checkpoints at one path, or ``backbone: auto``
     pre-trained anew, give different digests."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, t in sorted(exp.params.model.state_dict().items()):
         if "lora_" in name:

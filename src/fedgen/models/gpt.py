@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -25,9 +25,7 @@ from transformers.pytorch_utils import Conv1D
 
 from fedgen import _quiet_transformers
 from fedgen.core.errors import FedgenError
-
-if TYPE_CHECKING:
-    from fedgen.data.ptb import Vocab
+from fedgen.data.ptb import Vocab
 
 _quiet_transformers()
 
@@ -163,8 +161,6 @@ def load_backbone(path_or_id: str | Path) -> tuple[GPT2LMHeadModel, Vocab, dict[
             f"backbone {path_or_id}: no {VOCAB_FILE} beside the weights. fedgen's text task is word-level "
             "(PTB's 10k vocabulary); a BPE checkpoint such as 'gpt2' is not supported yet."
         )
-    from fedgen.data.ptb import Vocab
-
     vocab = Vocab.load(vocab_path)
     if len(vocab) != model.config.vocab_size:
         raise FedgenError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedgen.core.errors import FedgenError
 from fedgen.core.files import atomic_write_text
 from fedgen.report import suite_sections as sec
 from fedgen.report.suite_parts import SUITE_FILE, find_parts, read_json
@@ -36,8 +37,6 @@ def write_suite_report(root: str | Path) -> Path:
     root = Path(root)
     parts = find_parts(root)
     if not parts:
-        from fedgen.core.errors import FedgenError
-
         raise FedgenError(f"{root}: no finished compare outputs (compare.json) found")
     fig_dir = root / "figures"
     fig_dir.mkdir(exist_ok=True)

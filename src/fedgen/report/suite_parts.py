@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedgen.core.files import read_jsonl
 from fedgen.experiment.registry import task_class
 from fedgen.tasks.base import TaskReport
 
@@ -76,8 +77,6 @@ def run_dirs(part: Part, alg: str) -> list[Path]:
 
 def read_metrics(run: Path) -> list[dict]:
     """A run's metrics.jsonl rows (a torn last line, left by a crash, is dropped with a warning)."""
-    from fedgen.core.files import read_jsonl
-
     return read_jsonl(run / "metrics.jsonl")
 
 

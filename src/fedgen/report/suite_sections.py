@@ -3,8 +3,10 @@ Every number comes from a part's run outputs; the paper's figures from :mod:`fed
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+from fedgen.config import config_from_dict
 from fedgen.report import figures
 from fedgen.report.compare_table import markdown
 from fedgen.report.suite_parts import (
@@ -63,12 +65,8 @@ def main_tables(part: Part) -> list[str]:
     if pt:
         lines += ["", f"Paper's setting: {pt['setting']}; {pt['metric_note']}. Source: {paper_figs.source()}"]
     notes = ""
-    try:
-        from fedgen.config import config_from_dict
-
+    with contextlib.suppress(Exception):  # an older or foreign config: the table stands without its notes
         notes = rep.compare_notes(config_from_dict(part.compare["config"]))
-    except Exception:  # an older or foreign config: the table stands without its notes
-        pass
     full = markdown(part.compare["table"], f"All columns: {part.name}", rep.compare_columns, notes, rep.paper)
     return [*lines, "", full.replace("## ", "#### ", 1), ""]
 

@@ -120,6 +120,7 @@ class FlowerRuntime:
 
     def fit_secure(self, state: State, client_ids: list[int], rnd: int) -> SecureRound:
         """One SecAgg+ round: the server gets the clients' weighted mean change, never one update."""
+        # lazy: Flower's legacy server stack that SecAgg+ needs, only for secure rounds
         from fedgen.runtime.flower.secagg import secure_round
 
         self.discover(list(range(self.num_clients)) if not self.node_of else client_ids)

@@ -29,6 +29,7 @@ from fedgen.tasks.image.backbone import backbone_dir, pretrain_gan
 from fedgen.tasks.image.data import evaluation_classifier, images, load_image_partition, splits
 from fedgen.tasks.image.export import export_image
 from fedgen.tasks.image.gan import ClassMixtureReference, GanObjective, Images, gan_of
+from fedgen.tasks.image.metrics import final_image_metrics, sample_grids, save_grid
 
 if TYPE_CHECKING:
     from fedgen.config import Config
@@ -202,8 +203,6 @@ class ImageTask:
         self, exp: ExperimentView, run_dir: Path, global_state: State | None, personal, progress: bool = True
     ) -> dict:
         """Inception FID/KID and the per-client view of the global and the clients' models, sample grids."""
-        from fedgen.tasks.image.metrics import sample_grids
-
         grids = sample_grids(exp, run_dir, global_state, personal)
         return {"fid": self.fid(exp, global_state, personal, progress=progress), "grids": grids}
 
@@ -212,8 +211,6 @@ class ImageTask:
     ):
         """Inception FID/KID (global, FID-all, FID-avg) and the per-client view on ``n`` samples per
         model set (default ``image.fid_samples``); also ``fedgen fid RUN_DIR`` on a finished run."""
-        from fedgen.tasks.image.metrics import final_image_metrics
-
         n = n or self.cfg.image.fid_samples
         if progress:
             print(f"final metrics: Inception FID/KID on {n} samples per model set")
@@ -223,8 +220,6 @@ class ImageTask:
         return export_image(exp, out)
 
     def generate(self, exp: ExperimentView, run_dir: Path, who: str, opts: Any) -> str:
-        from fedgen.tasks.image.metrics import save_grid
-
         gan = exp.objective
         assert isinstance(gan, GanObjective)  # the image task built it
         classes = gan.num_classes

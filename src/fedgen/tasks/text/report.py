@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from fedgen.core.files import atomic_write_text
+from fedgen.models.causal_lm import EMBEDDED
 from fedgen.tasks import paper as paper_figures
 from fedgen.tasks import reporting
+from fedgen.tasks.text.pretrain import SOURCE_LABEL
 
 
 def _ppl(x: float | None) -> str:
@@ -124,9 +126,6 @@ suite = {
 
 def backbone_label(backbone: str) -> str:
     """What the configured text backbone is, for every table built on it (offline substitutes say so)."""
-    from fedgen.models.causal_lm import EMBEDDED
-    from fedgen.tasks.text.pretrain import SOURCE_LABEL
-
     if backbone == "auto":
         return (
             "The backbone is a GPT-2-architecture model pre-trained by fedgen offline on public text no "

@@ -27,6 +27,7 @@ from fedgen.tasks.text import report
 from fedgen.tasks.text.data import client_datasets, head_sentences, load_partition, ptb_documents
 from fedgen.tasks.text.export import export_text
 from fedgen.tasks.text.lm import Codec, HFCodec, LMObjective, WordCodec
+from fedgen.tasks.text.pretrain import pretrain_backbone
 
 if TYPE_CHECKING:
     from fedgen.config import Config
@@ -166,8 +167,6 @@ class TextTask:
         """``auto``: pre-train our word-level GPT-2 into ``out``; a GGUF backbone: dequantize + cache it."""
         if self.cfg.model.backbone != "auto":
             return self.ensure_backbone(progress)
-        from fedgen.tasks.text.pretrain import pretrain_backbone
-
         return pretrain_backbone(self.cfg, out, progress)
 
     def ensure_backbone(self, progress: bool = True) -> Path:
