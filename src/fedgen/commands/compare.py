@@ -17,6 +17,7 @@ from fedgen.core.files import atomic_write_json, atomic_write_text
 from fedgen.experiment.build import Experiment, distribution
 from fedgen.experiment.registry import algorithm_names, report_of, task_class
 from fedgen.experiment.run import run_experiment
+from fedgen.experiment.rundir import read_run_info
 from fedgen.experiment.summary import backbone_digest, result_key
 from fedgen.report.compare_table import markdown
 
@@ -33,13 +34,6 @@ ROW_FIELDS = [
 ]
 
 
-def _saved_key(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "run.json").read_text())["result_key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def run_one(cfg: Config, algorithm: str, seed: int, run_dir: Path, progress: bool) -> dict:
     """Run (or pick up) one (algorithm, seed) cell of the comparison.
 
@@ -50,7 +44,7 @@ def run_one(cfg: Config, algorithm: str, seed: int, run_dir: Path, progress: boo
     """
     c = dataclasses.replace(cfg, seed=seed, algorithm=dataclasses.replace(cfg.algorithm, name=algorithm))
     if run_dir.exists():
-        saved = _saved_key(run_dir)
+        saved = read_run_info(run_dir).get("result_key")
         if saved != current_key(c):
             stale = _free_name(run_dir.with_name(f"{run_dir.name}.stale-{saved or 'unknown'}"))
             run_dir.rename(stale)  # moved aside, never deleted (an older .stale-* stays as it is)

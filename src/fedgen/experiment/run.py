@@ -28,7 +28,7 @@ from fedgen.core.errors import CheckpointError, FedgenError
 from fedgen.core.files import atomic_write_text, is_interrupted_write
 from fedgen.experiment.build import Experiment, distribution
 from fedgen.experiment.loop import Clock, RuntimeFactory, run_central, run_federated, run_local
-from fedgen.experiment.rundir import RunDir, read_state, write_state
+from fedgen.experiment.rundir import RunDir, read_run_info, read_state, write_state
 from fedgen.experiment.summary import backbone_digest, make_summary, result_key
 from fedgen.fl.secure_random import NOT_PRIVATE, not_private
 from fedgen.models.params import State
@@ -45,18 +45,12 @@ def new_run_dir(cfg: Config) -> Path:
 
 def saved_run_id(run_dir: Path) -> str | None:
     """The run id recorded in ``run_dir/run.json`` (None: none recorded)."""
-    try:
-        return json.loads((Path(run_dir) / "run.json").read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return read_run_info(run_dir).get("run_id")
 
 
 def _is_our_run(path: Path) -> bool:
     """A directory fedgen made: it holds the run.json (with a result key) that every run writes first."""
-    try:
-        return "result_key" in json.loads((path / "run.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
+    return "result_key" in read_run_info(path)
 
 
 def _open_run(

@@ -105,6 +105,16 @@ def read_state(path: Path) -> State:
     return read_adapter(path)
 
 
+def read_run_info(run_dir: str | Path) -> dict:
+    """``run_dir/run.json`` (result key, run id, backbone digest, ...); {} where there is none or
+    it cannot be read as a JSON object."""
+    try:
+        info = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 class RunDir:
     """Atomic writes and resume bookkeeping for one run directory."""
 
